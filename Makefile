@@ -1,0 +1,35 @@
+# Two entry points: `make demo` and `make test`. Both install into .venv first; the install is
+# stamped so a second run only re-checks what changed.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.raykd-installed
+# mmcv 2.1.0 has no wheel for torch 2.13: it is built from source with its CPU ops (~12 min once;
+# pip caches the wheel). The build needs torch and a setuptools that still ships pkg_resources.
+BUILD_PINS := torch==2.13.0 setuptools==80.9.0 wheel ninja
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(BUILD_PINS)
+	$(BIN)/python -c "import mmcv.ops" 2>/dev/null || MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation mmcv==2.1.0
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m raykd.tune search_spaces/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check raykd tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/kd_vs_student.py
+
+clean:
+	rm -rf $(VENV) .raykd_cache runs mlflow.db
