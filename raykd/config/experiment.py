@@ -1,0 +1,210 @@
+"""The experiment file: dataset, student, teacher pool, schedules, optimiser, resources.
+
+Everything is checked when the file is loaded, before any work starts, so a typo costs a second,
+not a search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from raykd.config.yamlio import load_yaml_mapping
+from raykd.errors import ConfigError, from_validation_error
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShapesData(Strict):
+    """The embedded synthetic COCO-format dataset (see raykd.data.shapes)."""
+
+    kind: Literal["shapes"] = "shapes"
+    num_train: PositiveInt = 800
+    num_val: PositiveInt = 200
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 128
+    max_objects: Annotated[int, Field(ge=1, le=32)] = 8
+    seed: int = 0
+
+
+class CocoData(Strict):
+    """Any COCO-format set on disk (real COCO included)."""
+
+    kind: Literal["coco"]
+    train_ann: Path
+    train_images: Path
+    val_ann: Path
+    val_images: Path
+    image_scale: tuple[PositiveInt, PositiveInt] = (1333, 800)
+
+
+DatasetSpec = Annotated[ShapesData | CocoData, Field(discriminator="kind")]
+
+
+class ModelSpec(Strict):
+    """An mmdet 3.x config (``mmdet::retinanet/...py`` or a path) plus overrides of its ``model``."""
+
+    config: str
+    overrides: dict[str, Any] = {}
+
+
+class Schedule(Strict):
+    epochs: PositiveInt | None = None
+    iters: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Schedule:
+        if (self.epochs is None) == (self.iters is None):
+            raise ValueError("give exactly one of epochs or iters")
+        return self
+
+
+class Optim(Strict):
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.02
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    batch_size: PositiveInt = 8  # global; split evenly across workers
+    warmup_iters: Annotated[int, Field(ge=0)] = 100
+    grad_clip: Annotated[float, Field(gt=0)] | None = 10.0
+    max_loss: Annotated[float, Field(gt=0)] = 1e4  # a loss above this (or NaN/Inf) fails the run as diverged
+
+
+class TeacherTrain(Strict):
+    """Train this teacher on first use (result cached by a hash of everything that defines it)."""
+
+    schedule: Schedule
+    optim: Optim | None = None
+    seed: int = 0
+
+
+class TeacherSpec(ModelSpec):
+    checkpoint: Path | None = None
+    train: TeacherTrain | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("give exactly one of checkpoint or train")
+        return self
+
+
+class Schedules(Strict):
+    search: Schedule
+    full: Schedule
+
+
+class Resources(Strict):
+    workers: Annotated[int, Field(ge=0, le=1024)] = 1  # 0 = in-process (no Ray cluster), for debugging
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    amp: bool = False  # CUDA only; ignored on CPU
+
+
+class Experiment(Strict):
+    name: str
+    dataset: DatasetSpec
+    student: ModelSpec
+    teachers: dict[str, TeacherSpec]
+    default_teacher: str | None = None
+    schedules: Schedules
+    optim: Optim = Optim()
+    resources: Resources = Resources()
+    seed: int = 0
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registered_model_name: str | None = None
+    # Where this file was loaded from: relative paths inside it resolve against its folder.
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Experiment:
+        if not self.teachers:
+            raise ValueError("the teacher pool is empty")
+        if self.default_teacher is not None and self.default_teacher not in self.teachers:
+            raise ValueError(f"default_teacher {self.default_teacher!r} is not in teachers {sorted(self.teachers)}")
+        workers = max(self.resources.workers, 1)
+        if self.optim.batch_size % workers:
+            raise ValueError(f"optim.batch_size {self.optim.batch_size} is not divisible by resources.workers {workers}")
+        return self
+
+    @property
+    def teacher_names(self) -> list[str]:
+        return list(self.teachers)
+
+    @property
+    def first_teacher(self) -> str:
+        return self.default_teacher or next(iter(self.teachers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def spec_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (used to key caches)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths in the file are relative to the file, not to the caller's cwd."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not value.startswith(("mmdet::", "/", "~")):
+            return str((base / value).resolve())
+        return value
+
+    data = dict(data)
+    ds = data.get("dataset")
+    if isinstance(ds, dict) and ds.get("kind") == "coco":
+        data["dataset"] = {k: fix(v) if k != "kind" and k != "image_scale" else v for k, v in ds.items()}
+    for key in ("student",):
+        if isinstance(data.get(key), dict) and "config" in data[key]:
+            data[key] = {**data[key], "config": fix(data[key]["config"])}
+    if isinstance(data.get("teachers"), dict):
+        teachers = {}
+        for name, t in data["teachers"].items():
+            if isinstance(t, dict):
+                t = {**t}
+                if "config" in t:
+                    t["config"] = fix(t["config"])
+                if t.get("checkpoint"):
+                    t["checkpoint"] = fix(t["checkpoint"])
+            teachers[name] = t
+        data["teachers"] = teachers
+    return data
+
+
+def parse_experiment(data: dict[str, Any], source: str) -> Experiment:
+    try:
+        exp = Experiment(**{**data, "source": source})
+    except ValidationError as err:
+        raise from_validation_error(source, err) from None
+    except TypeError as err:
+        raise ConfigError(source, "", str(err)) from None
+    _check_files(exp)
+    return exp
+
+
+def _check_files(exp: Experiment) -> None:
+    """Missing files and unknown mmdet configs are caught here, before any work starts."""
+    from raykd.models.builder import check_config_exists
+
+    check_config_exists(exp.student.config, exp.source, "student.config")
+    for name, t in exp.teachers.items():
+        check_config_exists(t.config, exp.source, f"teachers.{name}.config")
+        if t.checkpoint is not None and not Path(t.checkpoint).expanduser().is_file():
+            raise ConfigError(exp.source, f"teachers.{name}.checkpoint", f"file not found: {t.checkpoint}")
+    if isinstance(exp.dataset, CocoData):
+        for key in ("train_ann", "train_images", "val_ann", "val_images"):
+            if not Path(getattr(exp.dataset, key)).expanduser().exists():
+                raise ConfigError(exp.source, f"dataset.{key}", f"not found: {getattr(exp.dataset, key)}")
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    data = load_yaml_mapping(path)
+    return parse_experiment(_resolve_paths(data, path.resolve().parent), str(path))

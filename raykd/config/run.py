@@ -1,0 +1,56 @@
+"""What one training job does: an experiment, a method with its parameters, a schedule, a seed.
+
+A RunSpec is plain data, so it travels to Ray workers as a dict and back into a validated object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from raykd.config.experiment import Experiment, Resources, Schedule, Strict
+from raykd.errors import ConfigError, from_validation_error
+
+
+class MethodSpec(Strict):
+    name: str = "none"
+    params: dict[str, Any] = {}
+    # Single-teacher methods distil from this pool member (default: the experiment's first teacher).
+    teacher: str | None = None
+
+
+class RunSpec(Strict):
+    experiment: Experiment
+    method: MethodSpec = MethodSpec()
+    schedule: Schedule
+    seed: int = 0
+    resources: Resources
+    # Start the student from these weights (MTPD stages, resumed final runs).
+    init_checkpoint: str | None = None
+    # Testing hooks for fault injection (see tests/test_reliability.py); empty in normal runs.
+    faults: dict[str, Any] = {}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        try:
+            return cls(**data)
+        except ValidationError as err:
+            raise from_validation_error("run spec", err) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def teacher(self) -> str:
+        return self.method.teacher or self.experiment.first_teacher
+
+
+def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
+    """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""
+    from raykd.distill.base import check_method
+
+    problem = check_method(method.name, method.params, method.teacher, exp.teacher_names)
+    if problem:
+        key, msg = problem
+        raise ConfigError(source, f"{prefix}.{key}" if key != "method" else prefix, msg)

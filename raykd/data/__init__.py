@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic shapes set and COCO-format loaders through mmdet."""

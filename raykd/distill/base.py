@@ -1,0 +1,118 @@
+"""The interface every distillation method implements, and the registry that names them.
+
+A method is an ``nn.Module`` that owns its extra trainable parts (adapters, decoders) and turns one
+training step's tensors into named losses. It never owns the teachers: they are frozen, live outside
+the student's ``state_dict`` and are reached through ``KDStep.teacher_feats`` so that a shared
+teacher-output cache can later stand behind that call without any method changing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+
+class MethodParams(BaseModel):
+    """Base for a method's validated parameters (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+@dataclass
+class KDStep:
+    """What a method sees of one training step."""
+
+    inputs: Tensor  # normalised, padded image batch
+    data_samples: list  # mmdet DetDataSamples with gt_instances
+    student_feats: tuple[Tensor, ...]  # student neck (FPN) outputs, with grad
+    teacher_feats: Callable[[str], tuple[Tensor, ...]]  # teacher name -> neck outputs (no grad, cached)
+    iteration: int
+    max_iters: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Distiller(nn.Module, ABC):
+    """Base class. Subclasses build their modules in ``__init__`` and implement ``losses``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    # Single-teacher methods name the teacher they read; `none` needs no teacher at all.
+    uses_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], params: MethodParams, teacher: str | None):
+        super().__init__()
+        self.params = params
+        self.teacher_name = teacher
+        # A plain dict is not registered by nn.Module: teachers stay out of state_dict() and parameters().
+        self._teachers = dict(teachers)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teachers[self.teacher_name]
+
+    @classmethod
+    def check(cls, params: MethodParams, teacher_pool: list[str]) -> str | tuple[str, str] | None:
+        """Cross-field checks a pydantic model cannot express alone (e.g. names in the teacher pool)."""
+        return None
+
+    @abstractmethod
+    def losses(self, step: KDStep) -> dict[str, Tensor]:
+        """Named losses (keys start with ``loss_``), already weighted."""
+
+    def param_groups(self, base: dict[str, float]) -> list[dict[str, Any]]:
+        """Optimizer groups for this method's own parameters; default: the student's settings."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, **base}] if params else []
+
+
+_METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(cls: type[Distiller]) -> type[Distiller]:
+    if cls.name in _METHODS:
+        raise KeyError(f"distillation method {cls.name!r} is already registered")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    _import_builtin_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Distiller]:
+    _import_builtin_methods()
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r} (expected one of {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]
+
+
+def _import_builtin_methods() -> None:
+    import raykd.distill.methods  # noqa: F401  (registers the built-in methods)
+
+
+def check_method(name: str, params: dict[str, Any], teacher: str | None, pool: list[str]) -> tuple[str, str] | None:
+    """Why a method set-up is invalid, as (key, message), or None if it is fine.
+
+    Runs before any work starts, so a bad value fails in a second instead of on a worker.
+    """
+    try:
+        cls = get_method(name)
+    except KeyError as err:
+        return "method", str(err.args[0])
+    try:
+        parsed = cls.Params(**params)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "params"
+        msg = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
+        return f"params.{key}", f"{msg} (method {name!r})"
+    if cls.uses_teacher and teacher is not None and teacher not in pool:
+        return "teacher", f"unknown teacher {teacher!r} (expected one of {', '.join(pool)})"
+    problem = cls.check(parsed, pool)
+    return ("params", problem) if isinstance(problem, str) else problem

@@ -1,0 +1,3 @@
+"""Importing this module registers every built-in method."""
+
+from raykd.distill import feature, none  # noqa: F401

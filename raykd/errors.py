@@ -1,0 +1,55 @@
+"""User-facing errors: one line naming the file and key, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+
+
+class ConfigError(Exception):
+    """Bad user input. Rendered as ``file: key: what is wrong (expected ...)``."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.source, self.key, self.message = str(source), key, message
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [p for p in (self.source, self.key) if p]
+        return ": ".join([*parts, self.message])
+
+
+def from_validation_error(source: str, err: pydantic.ValidationError, prefix: str = "") -> ConfigError:
+    """The first pydantic error as a ConfigError naming the dotted key."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
+    # Discriminated unions add the tag as a location element; it is noise to a user.
+    loc = [p for p in loc if p not in ("shapes", "coco")] or loc
+    key = ".".join(filter(None, [prefix, *loc]))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    if "input" in first and first["type"] not in ("missing", "extra_forbidden"):
+        shown = repr(first["input"])
+        if len(shown) <= 60:
+            msg = f"{msg} (got {shown})"
+    return ConfigError(source, key, msg)
+
+
+def exits_cleanly(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a CLI entry point: ConfigError -> one line on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as err:
+            print(f"error: {err.line()}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""mmdet detectors built from configs through mmdet's registry."""

@@ -1,0 +1,69 @@
+"""``python -m raykd.run EXPERIMENT``: one distillation run, evaluated with COCO AP.
+
+Example: ``python -m raykd.run experiments/shapes_demo.yaml --method feature --set lambda=0.5``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from raykd.cli_common import parse_schedule, parse_sets, with_workers, write_json_atomic
+from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config.run import validate_method
+from raykd.errors import exits_cleanly
+from raykd.eval.coco import METRIC_NAMES
+from raykd.report import metrics_table
+from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+from raykd.train.stages import plan_stages
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m raykd.run", description=__doc__.splitlines()[0])
+    p.add_argument("experiment", help="experiment YAML (e.g. experiments/shapes_demo.yaml)")
+    p.add_argument("--method", default="none", help="distillation method (default: none = student only)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    p.add_argument("--teacher", help="teacher from the experiment's pool (default: its default_teacher)")
+    p.add_argument("--schedule", default="full", help="search, full, or a number of epochs (default: full)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: the experiment's resources.workers)")
+    p.add_argument("--seed", type=int, help="random seed (default: the experiment's seed)")
+    p.add_argument("--out", type=Path, help="output directory (default: runs/<experiment>-<method>-<time>)")
+    return p.parse_args(argv)
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    exp = load_experiment(args.experiment)
+    method = MethodSpec(name=args.method, params=parse_sets(args.sets), teacher=args.teacher)
+    validate_method(method, exp, "command line", prefix="--method")
+    spec = RunSpec(
+        experiment=exp,
+        method=method,
+        schedule=parse_schedule(args.schedule, exp),
+        seed=exp.seed if args.seed is None else args.seed,
+        resources=with_workers(exp.resources, args.workers),
+    )
+    out = (args.out or Path("runs") / f"{exp.name}-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    teachers = [s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"]
+    ensure_teachers(exp, teachers, out / "ray")
+    result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
+    history = result.return_value or []
+    final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
+    rows = {f"teacher {n}": teacher_metrics(exp, n) for n in dict.fromkeys(teachers)}
+    rows[f"student ({method.name})"] = final
+    print("\n" + metrics_table(rows))
+    summary = {
+        "final": {k: final[k] for k in METRIC_NAMES},
+        "history": history,
+        "teachers": {n: teacher_metrics(exp, n) for n in dict.fromkeys(teachers)},
+        "spec": spec.to_dict(),
+    }
+    write_json_atomic(out / "metrics.json", summary)
+    print(f"\nmetrics written to {out / 'metrics.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Launch a RunSpec as a Ray Train ``TorchTrainer``; train missing teachers first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raykd.cache import build_once
+from raykd.config.experiment import Experiment, ModelSpec
+from raykd.config.run import MethodSpec, RunSpec
+from raykd.train.loop import STUDENT_FILE, train_worker
+from raykd.train.teachers import cached_teacher_dir, missing_teachers
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Join ``address`` (or RAY_ADDRESS) if given, else start a local cluster.
+
+    The dashboard is started (bound to 127.0.0.1): Ray's placement-group cleaner needs it to free
+    the workers of a trial that Tune stopped early.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def build_trainer(
+    spec: RunSpec,
+    name: str,
+    storage_path: str | Path,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 0,
+) -> TorchTrainer:
+    res = spec.resources
+    scaling = ScalingConfig(
+        num_workers=res.workers,
+        use_gpu=res.gpus_per_worker > 0,
+        resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+    )
+    run_config = RunConfig(
+        name=name,
+        storage_path=str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        failure_config=FailureConfig(max_failures=max_failures),
+        callbacks=callbacks or [],
+    )
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.to_dict()},
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+
+
+def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0):
+    if spec.resources.workers > 0:
+        ensure_ray()
+    return build_trainer(spec, name, storage_path, max_failures=max_failures).fit()
+
+
+def teacher_run_spec(exp: Experiment, name: str) -> RunSpec:
+    """Training a teacher is a student-only run with the teacher's model, schedule and optimiser."""
+    t = exp.teachers[name]
+    as_student = exp.model_copy(
+        update={"student": ModelSpec(config=t.config, overrides=t.overrides), "optim": t.train.optim or exp.optim}
+    )
+    return RunSpec(
+        experiment=as_student,
+        method=MethodSpec(name="none"),
+        schedule=t.train.schedule,
+        seed=t.train.seed,
+        resources=exp.resources,
+    )
+
+
+def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path) -> None:
+    """Train every named teacher that is not cached yet (once; later runs reuse the cache)."""
+    for name in missing_teachers(exp, names):
+        if exp.teachers[name].train is None:
+            continue  # a user checkpoint; its absence was reported when the file was loaded
+        print(f"[raykd] teacher {name!r} is not cached: training it now (once)", flush=True)
+        result = run_training(teacher_run_spec(exp, name), f"teacher-{name}", storage_path)
+
+        def publish(tmp: Path, result=result) -> None:
+            with result.checkpoint.as_directory() as d:
+                shutil.copy(Path(d) / STUDENT_FILE, tmp / STUDENT_FILE)
+            (tmp / "metrics.json").write_text(json.dumps(_final_metrics(result.metrics), indent=2))
+
+        build_once(cached_teacher_dir(exp, name), publish)
+        print(f"[raykd] teacher {name!r} cached at {cached_teacher_dir(exp, name)}", flush=True)
+
+
+def teacher_metrics(exp: Experiment, name: str) -> dict[str, float]:
+    path = cached_teacher_dir(exp, name) / "metrics.json"
+    return json.loads(path.read_text()) if exp.teachers[name].train and path.is_file() else {}
+
+
+def _final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}

@@ -1,0 +1,291 @@
+"""The per-worker training function Ray Train runs: data, student, frozen teachers, stages, eval.
+
+Runs unchanged on 1..N CPU workers (gloo) or CUDA workers (nccl, optional AMP); with
+``resources.workers: 0`` Ray Train's local mode runs it in-process with no cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from raykd.config.run import RunSpec
+from raykd.data.loaders import build_dataset, build_loader, class_names, resolve_data
+from raykd.distill.base import get_method
+from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
+from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
+from raykd.train.model import DistillModel
+from raykd.train.stages import Stage, plan_stages, stage_iters
+from raykd.train.teachers import teacher_checkpoint
+
+STUDENT_FILE = "student.pth"
+STATE_FILE = "state.pth"
+
+
+class DivergedError(RuntimeError):
+    pass
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any (so all ranks stop together, none hangs in a collective)."""
+    if not _is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+class Worker:
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.exp = spec.experiment
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        use_cuda = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
+        self.device = ray.train.torch.get_device() if use_cuda else torch.device("cpu")
+        self.amp = spec.resources.amp and self.device.type == "cuda"
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+        quiet_mmengine()
+        seed = spec.seed * 1000 + self.rank
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        paths = resolve_data(self.exp.dataset)
+        classes = class_names(paths.train.ann_file)
+        train_ds = build_dataset(paths.train, paths.image_scale, True, classes)
+        val_ds = build_dataset(paths.val, paths.image_scale, False, classes)
+        self.cat_ids = list(val_ds.cat_ids)
+        per_worker = self.exp.optim.batch_size // max(self.world, 1)
+        self.train_loader = build_loader(train_ds, per_worker, True, spec.seed, self.world, self.rank)
+        self.val_loader = build_loader(val_ds, per_worker, False, spec.seed, self.world, self.rank)
+        self.gt = load_gt(paths.val.ann_file) if self.rank == 0 else None
+
+        src = self.exp.source
+        self.student = build_detector(self.exp.student.config, self.exp.student.overrides, src, "student")
+        if spec.init_checkpoint:
+            load_weights(self.student, spec.init_checkpoint, src, "init_checkpoint")
+        self.student.to(self.device)
+        self.stages = plan_stages(spec)
+        self.teachers = self._load_teachers()
+
+    def _load_teachers(self) -> dict[str, nn.Module]:
+        names = []
+        for stage in self.stages:
+            if get_method(stage.method.name).uses_teacher:
+                names.append(stage.method.teacher or self.exp.first_teacher)
+        teachers = {}
+        for name in dict.fromkeys(names):
+            t = self.exp.teachers[name]
+            model = build_detector(t.config, t.overrides, self.exp.source, f"teachers.{name}")
+            load_weights(model, teacher_checkpoint(self.exp, name), self.exp.source, f"teachers.{name}.checkpoint")
+            teachers[name] = freeze(model.to(self.device))
+        return teachers
+
+    # ---- one stage -------------------------------------------------------------------------
+    def _build_stage(self, stage: Stage):
+        cls = get_method(stage.method.name)
+        params = cls.Params(**stage.method.params)
+        teacher = (stage.method.teacher or self.exp.first_teacher) if cls.uses_teacher else None
+        distiller = cls(self.student, self.teachers, params, teacher).to(self.device)
+        model = DistillModel(self.student, distiller, self.teachers)
+        ddp = model
+        if _is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Methods may leave their modules unused for a while (e.g. ICD's warm-up bypass).
+            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        optim = self.exp.optim
+        base = {"lr": optim.lr, "momentum": optim.momentum, "weight_decay": optim.weight_decay}
+        sgd_groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], **base}]
+        adamw_groups = []
+        for group in distiller.param_groups(base):
+            group = dict(group)
+            if group.pop("optimizer", "sgd") == "adamw":
+                adamw_groups.append({k: v for k, v in group.items() if k != "momentum"})
+            else:
+                sgd_groups.append(group)
+        optimizers = [torch.optim.SGD(sgd_groups)]
+        if adamw_groups:
+            optimizers.append(torch.optim.AdamW(adamw_groups))
+        return model, ddp, distiller, optimizers
+
+    def _lr_factor(self, it: int, total: int) -> float:
+        warm = min(self.exp.optim.warmup_iters, max(total // 4, 1))
+        if it < warm:
+            return 0.001 + (1 - 0.001) * it / warm
+        progress = (it - warm) / max(total - warm, 1)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 5% of the base lr
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train every stage; returns the per-epoch metrics (rank 0's, complete across restarts)."""
+        state = self._restore()
+        self.history = list(state.get("history", [])) if state else []
+        first = state["stage"] if state else 0
+        global_epoch = state["global_epoch"] if state else 0
+        resume = state if state and not state["stage_done"] else None
+        for idx in range(first, len(self.stages)):
+            global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
+        return self.history
+
+    def _run_stage(self, stage_idx: int, global_epoch: int, resume: dict | None) -> int:
+        stage = self.stages[stage_idx]
+        model, ddp, distiller, optimizers = self._build_stage(stage)
+        ipe = len(self.train_loader)
+        total, epochs = stage_iters(stage.schedule, ipe)
+        it, epoch = 0, 0
+        if resume:
+            distiller.load_state_dict(resume["distiller"])
+            for opt, sd in zip(optimizers, resume["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+            it, epoch = resume["iteration"], resume["epoch_in_stage"]
+        base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        faults = self.spec.faults
+        grad_clip = self.exp.optim.grad_clip
+        loss_bound = self.exp.optim.max_loss
+        label = f"stage {stage_idx + 1}/{len(self.stages)} {stage.method.name}"
+        while it < total:
+            self.train_loader.sampler.set_epoch(epoch + 1000 * stage_idx)
+            self.student.train()
+            sums: dict[str, float] = defaultdict(float)
+            n, t0, t_step = 0, time.perf_counter(), 0.0
+            for batch in self.train_loader:
+                if it >= total:
+                    break
+                t_s = time.perf_counter()
+                factor = self._lr_factor(it, total)
+                for opt, lrs in zip(optimizers, base_lrs, strict=True):
+                    for g, lr in zip(opt.param_groups, lrs, strict=True):
+                        g["lr"] = lr * factor
+                data = self.student.data_preprocessor(batch, True)
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    losses = ddp(data["inputs"], data["data_samples"], it, total)
+                loss, log_vars = self.student.parse_losses(losses)
+                if faults.get("nan_at_iter") == it and self.rank == 0:
+                    loss = loss * float("nan")
+                self._maybe_crash(it)
+                bad = not torch.isfinite(loss).item() or loss.item() > loss_bound
+                if _any_rank(bad, self.device):
+                    raise DivergedError(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                for opt in optimizers:
+                    scaler.step(opt)
+                scaler.update()
+                for k, v in log_vars.items():
+                    sums[k] += float(v.detach())
+                n += 1
+                it += 1
+                t_step += time.perf_counter() - t_s
+                if self.rank == 0 and (n % max(ipe // 4, 1) == 0):
+                    eta = (total - it) * t_step / n
+                    print(
+                        f"[raykd] {label} epoch {epoch + 1}/{epochs} iter {it}/{total} "
+                        f"loss {sums['loss'] / n:.4f} {t_step / n:.3f} s/it eta {eta / 60:.1f} min",
+                        flush=True,
+                    )
+            epoch += 1
+            global_epoch += 1
+            train_time = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            metrics = self.evaluate()
+            metrics.update({k: v / max(n, 1) for k, v in sums.items()})
+            metrics.update(
+                epoch=global_epoch,
+                stage=stage_idx + 1,
+                iteration=it,
+                time_per_iter=t_step / max(n, 1),
+                train_time=train_time,
+                eval_time=time.perf_counter() - t1,
+                stage_done=int(it >= total),
+            )
+            self._report(metrics, stage_idx, epoch, global_epoch, it, distiller, optimizers, it >= total)
+        return global_epoch
+
+    def _maybe_crash(self, it: int) -> None:
+        """Fault injection for reliability tests: kill this worker process once at a given iteration."""
+        at, marker = self.spec.faults.get("exit_at_iter"), self.spec.faults.get("exit_marker")
+        if at is not None and it == at and self.rank == 0 and marker and not Path(marker).exists():
+            Path(marker).write_text("crashed once")
+            os._exit(1)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.student.eval()
+        dets, ids = [], []
+        for batch in self.val_loader:
+            data = self.student.data_preprocessor(batch, False)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                preds = self.student.predict(data["inputs"], data["data_samples"], rescale=True)
+            dets.extend(detections_to_coco(preds, self.cat_ids))
+            ids.extend(int(s.img_id) for s in preds)
+        dets, image_ids = gather_detections(dets, ids)
+        metrics = coco_metrics(self.gt, dets, image_ids) if self.rank == 0 else {}
+        self.student.train()
+        return metrics
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _report(self, metrics, stage_idx, epoch, global_epoch, it, distiller, optimizers, stage_done) -> None:
+        self.history.append(metrics)
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="raykd-ckpt-"))
+        torch.save(self.student.state_dict(), tmp / STUDENT_FILE)
+        torch.save(
+            {
+                "stage": stage_idx,
+                "epoch_in_stage": epoch,
+                "global_epoch": global_epoch,
+                "iteration": it,
+                "stage_done": stage_done,
+                "distiller": distiller.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "history": self.history,
+            },
+            tmp / STATE_FILE,
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        # Ray copied it into the run's storage; local mode (workers: 0) keeps no copy of its own.
+        if self.spec.resources.workers > 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _restore(self) -> dict[str, Any] | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            load_weights(self.student, Path(d) / STUDENT_FILE)
+            state = torch.load(Path(d) / STATE_FILE, map_location=self.device, weights_only=True)
+        if state.get("stage_done"):
+            state["stage"] += 1
+        return state
+
+
+def train_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Train entry point (every worker); rank 0's return value is the run's metric history."""
+    return Worker(RunSpec.from_dict(config["spec"])).run()

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny experiment, real mmdet detectors on CPU, a real data batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).parent
+TINY = TESTS / "data" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Datasets and teachers go to a per-session cache, never the user's."""
+    os.environ["RAYKD_CACHE"] = str(tmp_path_factory.mktemp("raykd-cache"))
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_exp():
+    from raykd.config import load_experiment
+
+    return load_experiment(TINY)
+
+
+def build(spec):
+    from raykd.models.builder import build_detector
+
+    return build_detector(spec.config, spec.overrides)
+
+
+@pytest.fixture()
+def student(tiny_exp):
+    torch.manual_seed(0)
+    return build(tiny_exp.student)
+
+
+@pytest.fixture()
+def teachers(tiny_exp):
+    """Frozen teachers with random weights (enough for shapes, gradients and loss identities)."""
+    from raykd.models.builder import freeze
+
+    torch.manual_seed(1)
+    return {name: freeze(build(spec)) for name, spec in tiny_exp.teachers.items()}
+
+
+@pytest.fixture(scope="session")
+def batch(tiny_exp):
+    """One preprocessed training batch (inputs, data_samples) from the real shapes data pipeline."""
+    from raykd.data.loaders import build_dataset, build_loader, class_names, resolve_data
+
+    paths = resolve_data(tiny_exp.dataset)
+    ds = build_dataset(paths.train, paths.image_scale, True, class_names(paths.train.ann_file))
+    raw = next(iter(build_loader(ds, 4, True, 0, 1, 0)))
+    det = build(tiny_exp.student)
+    data = det.data_preprocessor(raw, True)
+    return data["inputs"], data["data_samples"]
+
+
+def kd_step(student, teachers, batch, iteration=0, max_iters=100):
+    """A KDStep as the training loop builds it."""
+    from raykd.distill.base import KDStep
+
+    inputs, samples = batch
+    feats = student.extract_feat(inputs)
+
+    def teacher_feats(name):
+        with torch.no_grad():
+            return teachers[name].extract_feat(inputs)
+
+    return KDStep(inputs, samples, feats, teacher_feats, iteration, max_iters)
