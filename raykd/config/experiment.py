@@ -65,6 +65,7 @@ class Schedule(Strict):
 
 
 class Optim(Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0, le=10)] = 0.02
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4

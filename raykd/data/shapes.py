@@ -19,8 +19,9 @@ from raykd.cache import build_once, cache_root
 from raykd.config.experiment import ShapesData, spec_hash
 
 CLASSES = ("circle", "square", "triangle", "cross")
-MIN_VISIBLE = 0.35  # an object less visible than this is dropped from the annotations
-GENERATOR_VERSION = 1  # bump when the drawing changes, so caches are rebuilt
+MIN_VISIBLE = 0.5  # an object less visible than this is dropped from the annotations
+MAX_OVERLAP = 0.25  # occlusion, but not piles: a new object may cover at most this much of another's box
+GENERATOR_VERSION = 2  # bump when the drawing changes, so caches are rebuilt
 
 
 def _shape_polygon(cls: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
@@ -73,16 +74,30 @@ def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int, n: 
             draw.ellipse([x0, y0, x0 + r * 2, y0 + r * 1.5], fill=color)
 
 
+def _covered(a, b) -> float:
+    """Fraction of box a covered by box b."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return iw * ih / max((a[2] - a[0]) * (a[3] - a[1]), 1e-6)
+
+
 def _render(rng: np.random.Generator, size: int, max_objects: int):
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     _clutter(rng, draw, size, int(rng.integers(4, 14)))
     owner = np.full((size, size), -1, np.int32)  # which object each pixel shows (for occlusion)
-    objects = []
+    objects, boxes = [], []
     for k in range(int(rng.integers(0, max_objects + 1))):
         cls_id = int(rng.integers(len(CLASSES)))
-        side = float(np.exp(rng.uniform(math.log(size * 0.07), math.log(size * 0.86))))
-        cx, cy = rng.uniform(side * 0.3, size - side * 0.3, 2)
+        side = float(np.exp(rng.uniform(math.log(size * 0.07), math.log(size * 0.8))))
+        for _ in range(10):  # find a spot that does not bury an earlier object
+            cx, cy = rng.uniform(side * 0.4, size - side * 0.4, 2)
+            box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+            if all(_covered(b, box) <= MAX_OVERLAP for b in boxes):
+                break
+        else:
+            continue
+        boxes.append(box)
         angle = float(rng.uniform(0, 2 * math.pi))
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
         mask = Image.new("L", (size, size), 0)

@@ -81,14 +81,15 @@ def register_method(cls: type[Distiller]) -> type[Distiller]:
 
 
 def method_names() -> list[str]:
+    """Every name a run may use: the registered losses plus MTPD's staged runs."""
     _import_builtin_methods()
-    return sorted(_METHODS)
+    return sorted([*_METHODS, "mtpd"])
 
 
 def get_method(name: str) -> type[Distiller]:
     _import_builtin_methods()
     if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r} (expected one of {', '.join(sorted(_METHODS))})")
+        raise KeyError(f"unknown method {name!r} (expected one of {', '.join(method_names())})")
     return _METHODS[name]
 
 
@@ -101,6 +102,10 @@ def check_method(name: str, params: dict[str, Any], teacher: str | None, pool: l
 
     Runs before any work starts, so a bad value fails in a second instead of on a worker.
     """
+    if name == "mtpd":  # a sequence of stages over the other methods, not a loss of its own
+        from raykd.distill.mtpd import check_mtpd
+
+        return check_mtpd(params, pool)
     try:
         cls = get_method(name)
     except KeyError as err:

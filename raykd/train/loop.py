@@ -113,18 +113,21 @@ class Worker:
             # Methods may leave their modules unused for a while (e.g. ICD's warm-up bypass).
             ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         optim = self.exp.optim
-        base = {"lr": optim.lr, "momentum": optim.momentum, "weight_decay": optim.weight_decay}
-        sgd_groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], **base}]
-        adamw_groups = []
+        base = {"lr": optim.lr, "weight_decay": optim.weight_decay}
+        if optim.optimizer == "sgd":
+            base["momentum"] = optim.momentum
+        groups: dict[str, list] = {"sgd": [], "adamw": []}
+        groups[optim.optimizer].append({"params": [p for p in self.student.parameters() if p.requires_grad], **base})
         for group in distiller.param_groups(base):
             group = dict(group)
-            if group.pop("optimizer", "sgd") == "adamw":
-                adamw_groups.append({k: v for k, v in group.items() if k != "momentum"})
+            kind = group.pop("optimizer", optim.optimizer)
+            if kind == "adamw":
+                group.pop("momentum", None)
             else:
-                sgd_groups.append(group)
-        optimizers = [torch.optim.SGD(sgd_groups)]
-        if adamw_groups:
-            optimizers.append(torch.optim.AdamW(adamw_groups))
+                group.setdefault("momentum", optim.momentum)
+            groups[kind].append(group)
+        make = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+        optimizers = [make[kind](g) for kind, g in groups.items() if g]
         return model, ddp, distiller, optimizers
 
     def _lr_factor(self, it: int, total: int) -> float:

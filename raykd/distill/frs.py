@@ -1,0 +1,136 @@
+"""FRS: distilling object detectors with feature richness (Du et al., NeurIPS 2021).
+
+The teacher's classification scores say where the features are "rich" (likely to hold an object of
+some class). Per FPN level ``l`` the feature richness mask is
+
+    m = max_c σ(z_t)            (detached; z_t: teacher cls logits, c over anchors × classes)
+
+and the two losses, each summed over levels, are
+
+    L_feat = Σ m · (F_t − A(F_s))² / Σ m       (A: one 3×3 conv per level, student → teacher channels)
+    L_cls  = Σ m · BCE(z_s, σ(z_t)) / Σ m       (BCE on the student's logits with soft teacher targets)
+
+Both are scaled by a linear warm-up over the first ``warmup_iters`` iterations. Two-stage detectors
+use the RPN objectness as their classification scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.necks import neck_channels
+
+
+def _stacked_then(predictor: str) -> Callable[[nn.Module, Tensor], Tensor]:
+    """Cls logits of a head whose cls branch is ``cls_convs`` followed by one predictor conv."""
+
+    def run(head: nn.Module, x: Tensor) -> Tensor:
+        for conv in head.cls_convs:
+            x = conv(x)
+        return getattr(head, predictor)(x)
+
+    return run
+
+
+def _rpn_logits(head: nn.Module, x: Tensor) -> Tensor:
+    return head.rpn_cls(F.relu(head.rpn_conv(x)))
+
+
+# The one seam per head type: how to get its classification logits from one FPN level, the name of
+# that predictor (for channel checks), and the paper's (feat_weight, cls_weight) for that detector.
+_HEADS: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], str, tuple[float, float] | None]] = {
+    "RetinaHead": (_stacked_then("retina_cls"), "retina_cls", (0.005, 0.02)),
+    "GFLHead": (_stacked_then("gfl_cls"), "gfl_cls", (0.1, 0.05)),
+    "FCOSHead": (_stacked_then("conv_cls"), "conv_cls", (0.01, 0.05)),
+    "ATSSHead": (_stacked_then("atss_cls"), "atss_cls", None),
+    "RPNHead": (_rpn_logits, "rpn_cls", (0.002, 0.1)),  # Faster R-CNN: RPN objectness
+}
+
+
+def dense_head(detector: nn.Module) -> tuple[nn.Module, str]:
+    """(the head FRS reads, its kind in ``_HEADS``): ``bbox_head`` of one-stage, ``rpn_head`` of two-stage."""
+    head = getattr(detector, "bbox_head", None)
+    if head is None:
+        head = getattr(detector, "rpn_head", None)
+    if head is not None:
+        for klass in type(head).__mro__:
+            if klass.__name__ in _HEADS:
+                return head, klass.__name__
+    what = type(head).__name__ if head is not None else "no dense head"
+    raise ValueError(
+        f"frs does not support {type(detector).__name__} ({what}); supported heads: {', '.join(_HEADS)}"
+    )
+
+
+class FRSParams(MethodParams):
+    feat_weight: Annotated[float | None, Field(ge=0)] = None  # None: the paper's value for the student's head
+    cls_weight: Annotated[float | None, Field(ge=0)] = None
+    warmup_iters: Annotated[int | None, Field(ge=0)] = None  # None: 10% of the stage's iterations
+
+
+@register_method
+class FRS(Distiller):
+    name = "frs"
+    Params = FRSParams
+
+    def __init__(self, student, teachers, params: FRSParams, teacher):
+        super().__init__(student, teachers, params, teacher)
+        self.student = [student]  # a list keeps the student out of this module's state_dict
+        s_head, s_kind = dense_head(student)
+        t_head, t_kind = dense_head(self.teacher)
+        s_ch, s_levels = neck_channels(student)
+        t_ch, t_levels = neck_channels(self.teacher)
+        if s_levels != t_levels:
+            raise ValueError(f"student has {s_levels} FPN levels but teacher {teacher!r} has {t_levels}")
+        s_out = getattr(s_head, _HEADS[s_kind][1]).out_channels
+        t_out = getattr(t_head, _HEADS[t_kind][1]).out_channels
+        if s_head.num_classes != t_head.num_classes or s_out != t_out:
+            raise ValueError(
+                f"frs needs the same classes in student and teacher: student {s_kind} has "
+                f"{s_head.num_classes} classes ({s_out} cls channels), teacher {teacher!r} {t_kind} has "
+                f"{t_head.num_classes} ({t_out} cls channels)"
+            )
+        defaults = _HEADS[s_kind][2]
+        if defaults is None and (params.feat_weight is None or params.cls_weight is None):
+            raise ValueError(
+                f"frs has no default weights for {s_kind} students: set feat_weight and cls_weight"
+            )
+        self.feat_weight = params.feat_weight if params.feat_weight is not None else defaults[0]
+        self.cls_weight = params.cls_weight if params.cls_weight is not None else defaults[1]
+        self._s_logits = _HEADS[s_kind][0]
+        self._t_logits = _HEADS[t_kind][0]
+        self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 3, padding=1) for _ in range(s_levels))
+
+    def warmup_factor(self, iteration: int, max_iters: int) -> float:
+        warmup = self.params.warmup_iters
+        if warmup is None:
+            warmup = int(0.1 * max_iters)
+        return 1.0 if warmup <= 0 else min(1.0, (iteration + 1) / warmup)
+
+    def losses(self, step: KDStep) -> dict[str, Tensor]:
+        t_feats = step.teacher_feats(self.teacher_name)
+        s_head, _ = dense_head(self.student[0])
+        t_head, _ = dense_head(self.teacher)
+        loss_feat = loss_cls = step.student_feats[0].new_zeros((), dtype=torch.float32)
+        for adapter, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True):
+            with torch.no_grad():
+                t_logits = self._t_logits(t_head, t).float()
+                mask = t_logits.sigmoid().amax(dim=1, keepdim=True)
+                norm = mask.sum().clamp_min(1e-6)
+            s_logits = self._s_logits(s_head, s).float()
+            diff = (t.float() - adapter(s).float()).pow(2)
+            loss_feat = loss_feat + (diff * mask).sum() / norm
+            bce = F.binary_cross_entropy_with_logits(s_logits, t_logits.sigmoid(), reduction="none")
+            loss_cls = loss_cls + (bce * mask).sum() / norm
+        factor = self.warmup_factor(step.iteration, step.max_iters)
+        return {
+            "loss_kd_frs_feat": factor * self.feat_weight * loss_feat,
+            "loss_kd_frs_cls": factor * self.cls_weight * loss_cls,
+        }
