@@ -1,0 +1,6 @@
+"""Search-space YAML -> validated models -> an Optuna define-by-run space for Ray Tune."""
+
+from raykd.spaces.sampling import define_by_run, trial_method
+from raykd.spaces.schema import SearchSpace, load_space
+
+__all__ = ["SearchSpace", "define_by_run", "load_space", "trial_method"]

@@ -1,0 +1,118 @@
+"""A define-by-run Optuna space: conditional parameters, joint constraints, teacher orders.
+
+Flat names are ``<method>/<param>`` so each method's parameters exist only on its trials;
+``trial_method`` turns a trial's flat values back into a MethodSpec on the worker.
+
+Orders (MTPD): for k-permutations of a pool with at most MAX_CATEGORICAL_ORDERS members, one
+categorical over strings like ``"t1>t2"``: TPE then models every order separately, which is what
+we want when there are few. Beyond that the count explodes, so an order is a Lehmer code: k
+integers, the i-th picking among the n-i teachers still unused. A searched k uses one categorical
+per k (``order_k2``...) because Optuna requires a parameter's choices to be fixed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+from raykd.config.run import MethodSpec
+from raykd.spaces.schema import Choice, IntRange, LogUniform, Order, SearchSpace, Uniform
+
+MAX_CATEGORICAL_ORDERS = 720
+ORDER_SEP = ">"
+PAIR_SEP = "+"
+
+
+def _joint_pairs(divisor: Choice, dividend: Choice) -> list[str]:
+    return [f"{a},{b}" for a in divisor.values for b in dividend.values if int(b) % int(a) == 0]
+
+
+def _suggest_order(trial, pname: str, dist: Order, pool: list[str]) -> None:
+    members = dist.pool or pool
+    lo, hi = dist.k_range
+    k = trial.suggest_int(f"{pname}_k", lo, hi) if lo != hi else lo
+    suffix = f"_k{k}" if lo != hi else ""
+    if math.perm(len(members), k) <= MAX_CATEGORICAL_ORDERS:
+        choices = [ORDER_SEP.join(p) for p in itertools.permutations(members, k)]
+        trial.suggest_categorical(pname + suffix, choices)
+    else:
+        for i in range(k):
+            trial.suggest_int(f"{pname}{suffix}_lehmer{i}", 0, len(members) - 1 - i)
+
+
+def define_by_run(space: SearchSpace) -> Callable[[Any], None]:
+    pool = space.exp.teacher_names
+
+    def sample(trial) -> None:
+        methods = space.methods
+        method = methods[0] if isinstance(space.method, str) else trial.suggest_categorical("method", methods)
+        if isinstance(space.teacher, Choice) and method not in ("none", "mtpd"):
+            trial.suggest_categorical("teacher", list(space.teacher.values))
+        params = space.params.get(method, {})
+        partners = {d.divides for d in params.values() if isinstance(d, Choice) and d.divides}
+        for name, dist in params.items():
+            pname = f"{method}/{name}"
+            if name in partners:
+                continue  # sampled jointly with the parameter that must divide it
+            if isinstance(dist, LogUniform):
+                trial.suggest_float(pname, dist.low, dist.high, log=True)
+            elif isinstance(dist, Uniform):
+                trial.suggest_float(pname, dist.low, dist.high)
+            elif isinstance(dist, IntRange):
+                trial.suggest_int(pname, dist.low, dist.high, log=dist.log)
+            elif isinstance(dist, Choice) and dist.divides:
+                trial.suggest_categorical(f"{pname}{PAIR_SEP}{dist.divides}", _joint_pairs(dist, params[dist.divides]))
+            elif isinstance(dist, Choice):
+                trial.suggest_categorical(pname, list(dist.values))
+            elif isinstance(dist, Order):
+                _suggest_order(trial, pname, dist, pool)
+
+    return sample
+
+
+def _decode_order(flat: dict[str, Any], pname: str, dist: Order, pool: list[str]) -> list[str]:
+    members = dist.pool or pool
+    lo, hi = dist.k_range
+    k = int(flat[f"{pname}_k"]) if lo != hi else lo
+    suffix = f"_k{k}" if lo != hi else ""
+    if pname + suffix in flat:
+        return str(flat[pname + suffix]).split(ORDER_SEP)
+    remaining, order = list(members), []
+    for i in range(k):
+        order.append(remaining.pop(int(flat[f"{pname}{suffix}_lehmer{i}"])))
+    return order
+
+
+def _set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        target = target.setdefault(p, {})
+    target[leaf] = value
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars (from some samplers) as plain Python values, so they serialise cleanly."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def trial_method(space: SearchSpace, flat: dict[str, Any]) -> MethodSpec:
+    """The MethodSpec a trial's flat parameter values stand for."""
+    method = space.methods[0] if isinstance(space.method, str) else str(flat["method"])
+    values: dict[str, Any] = {}
+    for name, value in space.fixed.get(method, {}).items():
+        _set_nested(values, name, value)
+    params = space.params.get(method, {})
+    for name, dist in params.items():
+        pname = f"{method}/{name}"
+        if isinstance(dist, Order):
+            _set_nested(values, name, _decode_order(flat, pname, dist, space.exp.teacher_names))
+        elif isinstance(dist, Choice) and dist.divides:
+            a, b = str(flat[f"{pname}{PAIR_SEP}{dist.divides}"]).split(",")
+            _set_nested(values, name, type(dist.values[0])(a))
+            _set_nested(values, dist.divides, type(params[dist.divides].values[0])(b))
+        elif pname in flat:
+            _set_nested(values, name, _plain(flat[pname]))
+    teacher = space.teacher if isinstance(space.teacher, str) else flat.get("teacher")
+    return MethodSpec(name=method, params=values, teacher=teacher if method not in ("none", "mtpd") else None)

@@ -1,0 +1,214 @@
+"""The search-space file, validated up front (unknown keys, bad bounds, impossible orders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PositiveInt, ValidationError, model_validator
+
+from raykd.config.experiment import Experiment, Resources, Schedule, Strict, parse_experiment
+from raykd.config.yamlio import load_yaml_mapping
+from raykd.errors import ConfigError, from_validation_error
+
+
+class LogUniform(Strict):
+    type: Literal["loguniform"]
+    low: Annotated[float, Field(gt=0)]
+    high: float
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.high <= self.low:
+            raise ValueError(f"high must be > low (got low={self.low}, high={self.high})")
+        return self
+
+
+class Uniform(Strict):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.high <= self.low:
+            raise ValueError(f"high must be > low (got low={self.low}, high={self.high})")
+        return self
+
+
+class IntRange(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.high < self.low:
+            raise ValueError(f"high must be >= low (got low={self.low}, high={self.high})")
+        return self
+
+
+class Choice(Strict):
+    type: Literal["choice"]
+    values: Annotated[list[Any], Field(min_length=1)]
+    # "num_heads: {type: choice, values: [2, 4, 8], divides: hidden_dim}" samples the two jointly,
+    # over valid pairs only, so an invalid combination is never launched.
+    divides: str | None = None
+
+
+class Order(Strict):
+    """An ordering of k distinct teachers from the experiment's pool (MTPD)."""
+
+    type: Literal["order"]
+    k: PositiveInt | tuple[PositiveInt, PositiveInt]
+    pool: list[str] | None = None  # default: the whole teacher pool
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        return (self.k, self.k) if isinstance(self.k, int) else tuple(self.k)
+
+
+Param = Annotated[LogUniform | Uniform | IntRange | Choice | Order, Field(discriminator="type")]
+
+
+class SearchSettings(Strict):
+    sampler: Literal["tpe", "cmaes", "nsga2", "random", "grid"] = "tpe"
+    seed: int = 0
+    n_startup_trials: Annotated[int, Field(ge=0)] = 4
+    num_samples: PositiveInt = 8
+    max_concurrent_trials: PositiveInt = 2
+    max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial
+
+
+class Scheduler(Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2
+    max_t: PositiveInt | None = None  # epochs; default: the fidelity schedule's length
+
+
+class SearchSpace(Strict):
+    experiment: Path
+    overrides: dict[str, Any] = {}  # merged into the experiment before validation
+    method: str | Choice
+    params: dict[str, dict[str, Param]] = {}  # method -> flattened parameter name -> distribution
+    fixed: dict[str, dict[str, Any]] = {}  # method -> fixed parameter values
+    teacher: str | Choice | None = None  # single-teacher methods: fixed or searched
+    search: SearchSettings = SearchSettings()
+    scheduler: Scheduler = Scheduler()
+    metric: str = "bbox_mAP"
+    mode: Literal["max", "min"] = "max"
+    resources: Resources | None = None  # default: the experiment's
+    fidelity: Schedule | None = None  # default: the experiment's `search` schedule
+    tracking_uri: str | None = None  # default: the experiment's
+    source: str = ""
+    loaded_experiment: Experiment | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else [str(v) for v in self.method.values]
+
+    @property
+    def exp(self) -> Experiment:
+        assert self.loaded_experiment is not None
+        return self.loaded_experiment
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.fidelity or self.exp.schedules.search
+
+    @property
+    def run_resources(self) -> Resources:
+        return self.resources or self.exp.resources
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_params(space: SearchSpace) -> None:
+    from raykd.distill.base import method_names
+
+    src, pool = space.source, space.exp.teacher_names
+    known = method_names()
+    for i, m in enumerate(space.methods):
+        if m not in known:
+            key = "method" if isinstance(space.method, str) else f"method.values.{i}"
+            raise ConfigError(src, key, f"unknown method {m!r} (expected one of {', '.join(known)})")
+    for section in ("params", "fixed"):
+        for m in getattr(space, section):
+            if m not in space.methods:
+                raise ConfigError(src, f"{section}.{m}", f"method {m!r} is not searched (methods: {space.methods})")
+    for m, params in space.params.items():
+        for name, dist in params.items():
+            key = f"params.{m}.{name}"
+            if isinstance(dist, Order):
+                members = dist.pool or pool
+                unknown = [t for t in members if t not in pool]
+                if unknown:
+                    raise ConfigError(src, f"{key}.pool", f"unknown teacher {unknown[0]!r} (pool: {', '.join(pool)})")
+                lo, hi = dist.k_range
+                if hi > len(members) or lo > hi:
+                    raise ConfigError(src, f"{key}.k", f"order length {dist.k} is longer than the pool of {len(members)} teachers")
+            if isinstance(dist, Choice) and dist.divides and dist.divides not in params:
+                raise ConfigError(src, f"{key}.divides", f"{dist.divides!r} is not a parameter of {m}")
+            if isinstance(dist, Choice) and dist.divides:
+                other = params[dist.divides]
+                if not isinstance(other, Choice):
+                    raise ConfigError(src, f"{key}.divides", f"{dist.divides!r} must be a choice too")
+                if not any(int(b) % int(a) == 0 for a in dist.values for b in other.values):
+                    raise ConfigError(src, f"{key}.divides", f"no value of {name} divides any value of {dist.divides}")
+    if isinstance(space.teacher, str) and space.teacher not in pool:
+        raise ConfigError(src, "teacher", f"unknown teacher {space.teacher!r} (pool: {', '.join(pool)})")
+    if isinstance(space.teacher, Choice):
+        for t in space.teacher.values:
+            if t not in pool:
+                raise ConfigError(src, "teacher.values", f"unknown teacher {t!r} (pool: {', '.join(pool)})")
+    _check_samples(space)
+
+
+def _check_samples(space: SearchSpace) -> None:
+    """Draw a few configurations and validate them as the workers will, so bad fixed values
+    and parameter names unknown to a method fail here rather than in trial 5."""
+    import optuna
+
+    from raykd.config.run import validate_method
+    from raykd.spaces.sampling import define_by_run, trial_method
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sample = define_by_run(space)
+    for _ in range(16):
+        trial = study.ask()
+        sample(trial)
+        method = trial_method(space, trial.params)
+        try:
+            validate_method(method, space.exp, space.source, prefix=f"params.{method.name}")
+        except ConfigError as err:
+            key = err.key.replace(f"params.{method.name}.params.", f"params.{method.name}.")
+            raise ConfigError(space.source, key, err.message) from None
+        study.tell(trial, 0.0)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    from raykd.config.experiment import _resolve_paths
+
+    path = Path(path)
+    src = str(path)
+    data = load_yaml_mapping(path)
+    try:
+        space = SearchSpace(**{**data, "source": src})
+    except ValidationError as err:
+        raise from_validation_error(src, err) from None
+    exp_path = space.experiment if space.experiment.is_absolute() else (path.resolve().parent / space.experiment)
+    if not exp_path.is_file():
+        raise ConfigError(src, "experiment", f"file not found: {exp_path}")
+    exp_data = _merge(load_yaml_mapping(exp_path), space.overrides)
+    exp = parse_experiment(_resolve_paths(exp_data, exp_path.resolve().parent), str(exp_path))
+    space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
+    _check_params(space)
+    return space
