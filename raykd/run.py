@@ -6,6 +6,7 @@ Example: ``python -m raykd.run experiments/shapes_demo.yaml --method feature --s
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = [s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"]
     ensure_teachers(exp, teachers, out / "ray")
     result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
-    history = result.return_value or []
+    outcome = result.return_value or {"history": [], "diverged": None}
+    if outcome["diverged"]:
+        print(f"error: run diverged: {outcome['diverged']}", file=sys.stderr)
+        raise SystemExit(1)
+    history = outcome["history"]
     final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
     rows = {f"teacher {n}": teacher_metrics(exp, n) for n in dict.fromkeys(teachers)}
     rows[f"student ({method.name})"] = final

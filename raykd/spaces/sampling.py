@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from typing import Any
 
 from raykd.config.run import MethodSpec
@@ -42,10 +41,14 @@ def _suggest_order(trial, pname: str, dist: Order, pool: list[str]) -> None:
             trial.suggest_int(f"{pname}{suffix}_lehmer{i}", 0, len(members) - 1 - i)
 
 
-def define_by_run(space: SearchSpace) -> Callable[[Any], None]:
-    pool = space.exp.teacher_names
+class define_by_run:  # noqa: N801  (used like a function; a class so Tune can pickle it with the searcher)
+    """The Optuna define-by-run function of a space: ``define_by_run(space)(trial)``."""
 
-    def sample(trial) -> None:
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        space = self.space
         methods = space.methods
         method = methods[0] if isinstance(space.method, str) else trial.suggest_categorical("method", methods)
         if isinstance(space.teacher, Choice) and method not in ("none", "mtpd"):
@@ -67,9 +70,7 @@ def define_by_run(space: SearchSpace) -> Callable[[Any], None]:
             elif isinstance(dist, Choice):
                 trial.suggest_categorical(pname, list(dist.values))
             elif isinstance(dist, Order):
-                _suggest_order(trial, pname, dist, pool)
-
-    return sample
+                _suggest_order(trial, pname, dist, space.exp.teacher_names)
 
 
 def _decode_order(flat: dict[str, Any], pname: str, dist: Order, pool: list[str]) -> list[str]:
@@ -97,8 +98,20 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def trial_method(space: SearchSpace, flat: dict[str, Any]) -> MethodSpec:
-    """The MethodSpec a trial's flat parameter values stand for."""
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tune nests ``a/b`` names into ``{"a": {"b": ...}}``; undo that."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and not k.startswith("__"):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
+    """The MethodSpec a trial's parameter values (flat Optuna names or Tune's nested config) stand for."""
+    flat = _flatten(config)
     method = space.methods[0] if isinstance(space.method, str) else str(flat["method"])
     values: dict[str, Any] = {}
     for name, value in space.fixed.get(method, {}).items():

@@ -89,7 +89,9 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
         if exp.teachers[name].train is None:
             continue  # a user checkpoint; its absence was reported when the file was loaded
         print(f"[raykd] teacher {name!r} is not cached: training it now (once)", flush=True)
-        result = run_training(teacher_run_spec(exp, name), f"teacher-{name}", storage_path)
+        # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
+        run_name = cached_teacher_dir(exp, name).name
+        result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path)
 
         def publish(tmp: Path, result=result) -> None:
             with result.checkpoint.as_directory() as d:

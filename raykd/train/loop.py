@@ -137,16 +137,22 @@ class Worker:
         progress = (it - warm) / max(total - warm, 1)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 5% of the base lr
 
-    def run(self) -> list[dict[str, Any]]:
-        """Train every stage; returns the per-epoch metrics (rank 0's, complete across restarts)."""
+    def run(self) -> dict[str, Any]:
+        """Train every stage. Returns rank 0's per-epoch metrics (complete across restarts) and,
+        for a run whose loss diverged, why: a divergence ends the run cleanly on every rank, so
+        Ray Train does not retry it as if a worker had been lost."""
         state = self._restore()
         self.history = list(state.get("history", [])) if state else []
         first = state["stage"] if state else 0
         global_epoch = state["global_epoch"] if state else 0
         resume = state if state and not state["stage_done"] else None
-        for idx in range(first, len(self.stages)):
-            global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
-        return self.history
+        try:
+            for idx in range(first, len(self.stages)):
+                global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
+        except DivergedError as err:
+            print(f"[raykd] {err}", flush=True)
+            return {"history": self.history, "diverged": str(err)}
+        return {"history": self.history, "diverged": None}
 
     def _run_stage(self, stage_idx: int, global_epoch: int, resume: dict | None) -> int:
         stage = self.stages[stage_idx]
@@ -289,6 +295,6 @@ class Worker:
         return state
 
 
-def train_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ray Train entry point (every worker); rank 0's return value is the run's metric history."""
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point (every worker); rank 0's return value is the run's outcome."""
     return Worker(RunSpec.from_dict(config["spec"])).run()

@@ -1,0 +1,309 @@
+"""Run (or resume) a search and write its results directory.
+
+Results directory layout::
+
+    search.json    what was searched, the MLflow parent run, status
+    best.yaml      the best trial's TrialConfig (input of ``raykd.final``)
+    optuna.db      the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
+    tune/          Ray Tune's experiment state (what --resume restores)
+    train/         each trial's Ray Train run and checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from raykd.cli_common import write_json_atomic
+from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
+from raykd.errors import ConfigError
+from raykd.search.searcher import EarlyStopAwareOptunaSearch, make_sampler
+from raykd.search.trainable import run_trial, trial_spec
+from raykd.spaces.sampling import define_by_run
+from raykd.spaces.schema import SearchSpace
+from raykd.tracking.store import KIND_TAG, Tracker
+from raykd.tracking.tune_callback import MLflowTrialLogger
+from raykd.train.launch import ensure_ray, ensure_teachers
+from raykd.train.stages import plan_stages, stage_iters
+
+STATE_FILE = "search.json"
+BEST_FILE = "best.yaml"
+WORKER_RETRIES = 2  # Ray Train restarts a lost worker group from the trial's last checkpoint
+
+
+@dataclass
+class SearchOutcome:
+    results_dir: Path
+    parent_run_id: str
+    best: TrialConfig | None
+    interrupted: bool
+    wall_s: float
+    train_s: float
+    trials: list[dict[str, Any]]
+
+
+def full_epochs(space: SearchSpace) -> int:
+    """Epochs a trial reports at full search fidelity (the x-axis ASHA and MLflow use)."""
+    from raykd.data.shapes import ShapesData
+
+    sched = space.schedule
+    if sched.epochs is not None:
+        return sched.epochs
+    ds = space.exp.dataset
+    n = ds.num_train if isinstance(ds, ShapesData) else None
+    if n is None:
+        raise ConfigError(space.source, "fidelity", "give the search fidelity in epochs for a COCO dataset")
+    return stage_iters(sched, max(n // space.exp.optim.batch_size, 1))[1]
+
+
+def teachers_needed(space: SearchSpace) -> list[str]:
+    pool = space.exp.teacher_names
+    names: list[str] = []
+    for m in space.methods:
+        if m == "none":
+            continue
+        if m == "mtpd":
+            names += pool
+        elif space.teacher is None:
+            names.append(space.exp.first_teacher)
+        else:
+            names += [space.teacher] if isinstance(space.teacher, str) else list(space.teacher.values)
+    return list(dict.fromkeys(names))
+
+
+def _describe(space: SearchSpace, tracking: MlflowRef):
+    def describe(config: dict[str, Any], trial_id: str) -> tuple[dict[str, Any], str]:
+        spec = trial_spec(space, config)
+        cfg = _trial_config(space, spec, trial_id, {}, tracking)
+        params = {"method": spec.method.name, **({"teacher": spec.method.teacher} if spec.method.teacher else {})}
+        params.update({f"{spec.method.name}.{k}": v for k, v in _flat(spec.method.params).items()})
+        return params, cfg.to_yaml()
+
+    return describe
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = ">".join(v) if isinstance(v, list) else v
+    return out
+
+
+def _trial_config(space, spec, trial_id, metrics, tracking: MlflowRef) -> TrialConfig:
+    return TrialConfig(
+        trial_id=trial_id,
+        experiment=str(space.experiment),
+        overrides=space.overrides,
+        method=spec.method,
+        seed=spec.seed,
+        schedule=spec.schedule,
+        resources=spec.resources,
+        metrics={k: float(v) for k, v in metrics.items() if k.startswith("bbox_")},
+        mlflow=tracking,
+    )
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's kill) stops the search like Ctrl-C: Tune saves its state first."""
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
+def run_search(
+    space: SearchSpace,
+    results_dir: Path,
+    resume: bool = False,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    faults: dict[str, dict] | None = None,
+) -> SearchOutcome:
+    t0 = time.perf_counter()
+    uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
+    tracker = Tracker(uri, space.source)  # fails fast on an unusable URI, before any work
+    exp_name = space.exp.name
+    results_dir = results_dir.resolve()
+    state_path = results_dir / STATE_FILE
+    if resume:
+        state = json.loads(state_path.read_text())
+        parent = state["parent_run_id"]
+        tracker.reopen(parent)
+    else:
+        results_dir.mkdir(parents=True, exist_ok=False)
+        parent = tracker.start_run(exp_name, f"search-{results_dir.name}", {KIND_TAG: "search", "raykd.results_dir": str(results_dir)})
+        tracker.log_params(parent, _parent_params(space))
+        tracker.log_file(parent, space.source)
+        tracker.log_file(parent, space.experiment)
+        state = {"space": str(Path(space.source).resolve()), "parent_run_id": parent, "tracking_uri": uri,
+                 "experiment": exp_name, "status": "running"}
+        write_json_atomic(state_path, state)
+    tracking = MlflowRef(tracking_uri=uri, experiment=exp_name, parent_run_id=parent)
+
+    ensure_ray(address)
+    ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
+    _sigterm_as_interrupt()
+    epochs = full_epochs(space)
+    logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES),
+        {"cpu": 0.01},  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
+    )
+    tune_dir = results_dir / "tune"
+    if resume and tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        tuner = _new_tuner(space, trainable, results_dir, epochs, logger, faults)
+    grid = tuner.fit()
+    # Tune answers Ctrl-C/SIGTERM by saving its state and returning early: fewer ended trials.
+    interrupted = grid.num_terminated + grid.num_errors < space.search.num_samples
+    wall = time.perf_counter() - t0
+    train_s = sum(_train_seconds(r) for r in grid)
+    trials = [_trial_row(r) for r in grid]
+    logger = _callback_of(tuner, logger)
+    if interrupted:
+        logger.mark_unfinished("KILLED")
+        tracker.end_run(parent, "KILLED")
+        write_json_atomic(state_path, {**state, "status": "interrupted"})
+        return SearchOutcome(results_dir, parent, None, True, wall, train_s, trials)
+
+    best = _best(space, grid, epochs, tracking, logger)
+    if best is not None:
+        save_trial_config(best, results_dir / BEST_FILE)
+        tracker.log_file(parent, results_dir / BEST_FILE)
+        tracker.set_tags(parent, {"raykd.best_trial_id": best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
+        tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
+    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": 1 - train_s / max(wall, 1e-9)}, 0)
+    _log_optuna_plots(tracker, parent, results_dir, space)
+    tracker.end_run(parent, "FINISHED")
+    write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s})
+    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
+
+
+def _new_tuner(space, trainable, results_dir, epochs, logger, faults):
+    s = space.search
+    searcher = EarlyStopAwareOptunaSearch(
+        space=define_by_run(space),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=make_sampler(s),
+        study_name=f"raykd-{results_dir.name}",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{results_dir / 'optuna.db'}"),
+        full_epochs=epochs,
+    )
+    if space.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=space.scheduler.max_t or epochs,
+            grace_period=space.scheduler.grace_period,
+            reduction_factor=space.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    param_space = {}
+    if faults:
+        param_space = {"__raykd_faults__": tune.sample_from(lambda _: faults.get("next", {}))}
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=space.metric,
+            mode=space.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            max_concurrent_trials=s.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(results_dir),
+            callbacks=[logger],
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def _callback_of(tuner, default: MLflowTrialLogger) -> MLflowTrialLogger:
+    """The MLflow callback instance Tune actually used (a restored Tuner unpickles its own)."""
+    try:
+        for cb in tuner._local_tuner.get_run_config().callbacks or []:
+            if isinstance(cb, MLflowTrialLogger):
+                return cb
+    except AttributeError:
+        pass
+    return default
+
+
+def _train_seconds(result) -> float:
+    df = result.metrics_dataframe
+    if df is None or "train_time" not in df:
+        return 0.0
+    return float(df["train_time"].sum() + df.get("eval_time", 0).sum())
+
+
+def _trial_row(result) -> dict[str, Any]:
+    m = result.metrics or {}
+    return {"trial_id": m.get("trial_id"), "epoch": m.get("epoch"), "bbox_mAP": m.get("bbox_mAP"),
+            "error": str(result.error).splitlines()[0][:200] if result.error else None, "config": result.config}
+
+
+def _best(space, grid, epochs, tracking: MlflowRef, logger) -> TrialConfig | None:
+    sign = 1 if space.mode == "max" else -1
+    full = [r for r in grid if not r.error and r.metrics and r.metrics.get("epoch", 0) >= epochs]
+    pool = full or [r for r in grid if not r.error and r.metrics and space.metric in r.metrics]
+    if not pool:
+        return None
+    best = max(pool, key=lambda r: sign * r.metrics[space.metric])
+    trial_id = best.metrics["trial_id"]
+    spec = trial_spec(space, best.config)
+    ref = tracking.model_copy(update={"run_id": logger.runs.get(trial_id)})
+    return _trial_config(space, spec, trial_id, best.metrics, ref)
+
+
+def _parent_params(space: SearchSpace) -> dict[str, Any]:
+    return {
+        "space_file": str(Path(space.source).resolve()),
+        "experiment_file": str(space.experiment),
+        "methods": ",".join(space.methods),
+        "search": space.search.model_dump(),
+        "scheduler": space.scheduler.model_dump(),
+        "metric": space.metric,
+        "mode": space.mode,
+        "fidelity": space.schedule.model_dump(exclude_none=True),
+        "resources": space.run_resources.model_dump(),
+    }
+
+
+def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: SearchSpace) -> None:
+    """Importance, parallel-coordinate and history plots (HTML) on the parent run."""
+    import optuna.visualization as vis
+
+    study = optuna.load_study(study_name=f"raykd-{results_dir.name}", storage=f"sqlite:///{results_dir / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"optuna_history.html": vis.plot_optimization_history, "optuna_parallel_coordinate.html": vis.plot_parallel_coordinate}
+    if len(complete) >= 2:
+        plots["optuna_param_importances.html"] = vis.plot_param_importances
+    out = results_dir / "plots"
+    out.mkdir(exist_ok=True)
+    for name, plot in plots.items():
+        try:
+            plot(study).write_html(str(out / name))
+            tracker.log_file(parent, out / name, "optuna")
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. one distinct value only
+            (out / f"{name}.txt").write_text(f"not plotted: {err}\n")
+
+
+def trial_summary_yaml(best: TrialConfig) -> str:
+    return yaml.safe_dump({"method": best.method.model_dump(exclude_none=True), "metrics": best.metrics}, sort_keys=False)

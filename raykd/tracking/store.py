@@ -1,0 +1,140 @@
+"""A thin layer over MlflowClient: the tracking URI is always explicit, artifacts go next to a
+sqlite store (not into whatever the current directory is), secrets never become params."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from raykd.errors import ConfigError
+
+SECRET = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+TRIAL_TAG = "raykd.trial_id"
+KIND_TAG = "raykd.kind"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def mask_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if SECRET.search(k) else v) for k, v in params.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a sqlite store live beside the .db file, whatever the process's cwd."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :]).expanduser().resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    def __init__(self, uri: str, source: str = "tracking_uri"):
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///") :]).expanduser()
+            if not db.parent.exists():
+                raise ConfigError(source, "tracking_uri", f"cannot open {uri}: folder {db.parent} does not exist")
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as err:  # any backend failure means the URI is unusable
+            msg = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ConfigError(source, "tracking_uri", f"cannot open {uri}: {msg}") from None
+
+    # Tune pickles its callbacks with the experiment state; a client (with its DB engine) does not
+    # pickle, so a Tracker travels as its URI and reconnects.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = state["uri"]
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        root = _artifact_root(self.uri)
+        location = f"{root}/{name}" if root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        tags = dict(tags)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = mask_secrets(flatten(params))
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def last_step(self, run_id: str, metric: str) -> int:
+        history = self.client.get_metric_history(run_id, metric)
+        return max((m.step for m in history), default=-1)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_file(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def children(self, experiment: str, parent: str) -> list:
+        exp_id = self.experiment_id(experiment)
+        return self.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
+
+    def find_child(self, experiment: str, parent: str, trial_id: str):
+        runs = [r for r in self.children(experiment, parent) if r.data.tags.get(TRIAL_TAG) == trial_id]
+        return runs[0] if runs else None

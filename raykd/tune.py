@@ -1,0 +1,92 @@
+"""``python -m raykd.tune SPACE.yaml``: search distillation set-ups with Ray Tune + Optuna + ASHA,
+every trial a Ray Train run, everything recorded in MLflow.
+
+Resume an interrupted search with ``python -m raykd.tune --resume RESULTS_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from raykd.errors import ConfigError, exits_cleanly
+from raykd.report import metrics_table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m raykd.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("space", nargs="?", type=Path, help="search-space YAML (e.g. search_spaces/demo.yaml)")
+    p.add_argument("--results-dir", type=Path, help="where results go (default: runs/search-<space>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RESULTS_DIR", help="continue an interrupted search")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: from the space/experiment file)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--num-samples", type=int, help="override search.num_samples")
+    return p.parse_args(argv)
+
+
+def _load(args: argparse.Namespace):
+    from raykd.spaces import load_space
+
+    if args.resume:
+        state_file = args.resume / "search.json"
+        if not state_file.is_file():
+            raise ConfigError(str(args.resume), "--resume", "not a raykd search results directory (no search.json)")
+        state = json.loads(state_file.read_text())
+        if state.get("status") == "finished":
+            raise ConfigError(str(args.resume), "--resume", "this search already finished")
+        return load_space(state["space"]), args.resume, state.get("tracking_uri")
+    if args.space is None:
+        raise ConfigError("command line", "space", "give a search-space file, or --resume RESULTS_DIR")
+    space = load_space(args.space)
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise ConfigError("--num-samples", "", f"must be >= 1 (got {args.num_samples})")
+        space = space.model_copy(update={"search": space.search.model_copy(update={"num_samples": args.num_samples})})
+    results = args.results_dir or Path("runs") / f"search-{args.space.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if results.exists() and any(results.iterdir()):
+        raise ConfigError(str(results), "--results-dir", "already exists and is not empty (use --resume to continue it)")
+    return space, results, args.tracking_uri
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    space, results_dir, uri = _load(args)
+    from raykd.search.runner import run_search
+
+    outcome = run_search(space, results_dir, resume=bool(args.resume), address=args.address,
+                         tracking_uri=args.tracking_uri or uri)
+    print()
+    if outcome.interrupted:
+        print(f"search interrupted; nothing is lost. Resume with:\n  python -m raykd.tune --resume {outcome.results_dir}")
+        raise SystemExit(130)
+    _print_summary(space, outcome, args.tracking_uri or uri or space.exp.tracking_uri)
+    return outcome
+
+
+def _print_summary(space, outcome, uri: str) -> None:
+    print("=" * 72)
+    print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
+          f"({100 * (1 - outcome.train_s / max(outcome.wall_s, 1e-9)):.0f}% outside training/eval steps)")
+    for t in outcome.trials:
+        status = f"error: {t['error']}" if t["error"] else f"epochs {t['epoch']}  {space.metric} {t['bbox_mAP']}"
+        print(f"  trial {t['trial_id']}: {status}")
+    best = outcome.best
+    if best is None:
+        print("no trial finished; nothing to promote")
+        return
+    print(f"\nbest trial {best.trial_id}: method {best.method.name} {json.dumps(best.method.params)}"
+          + (f" teacher {best.method.teacher}" if best.method.teacher else ""))
+    print(metrics_table({f"best ({best.method.name})": best.metrics}))
+    print(f"\nresults:       {outcome.results_dir}")
+    print(f"best config:   {outcome.results_dir / 'best.yaml'}")
+    print(f"MLflow parent: {outcome.parent_run_id}")
+    print(f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"next:           python -m raykd.final {outcome.results_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
