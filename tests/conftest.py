@@ -73,3 +73,17 @@ def kd_step(student, teachers, batch, iteration=0, max_iters=100):
             return teachers[name].extract_feat(inputs)
 
     return KDStep(inputs, samples, feats, teacher_feats, iteration, max_iters)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every in-process test that needs it."""
+    import ray
+
+    from raykd.train.launch import ensure_ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    ensure_ray()
+    yield
+    ray.shutdown()

@@ -127,7 +127,7 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     tracking_uri: str | None = None,
-    faults: dict[str, dict] | None = None,
+    faults: dict[int, dict] | None = None,
 ) -> SearchOutcome:
     t0 = time.perf_counter()
     uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
@@ -156,7 +156,9 @@ def run_search(
     epochs = full_epochs(space)
     logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES),
+        tune.with_parameters(
+            run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, faults=faults
+        ),
         {"cpu": 0.01},  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
     )
     tune_dir = results_dir / "tune"
@@ -164,7 +166,7 @@ def run_search(
         tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        tuner = _new_tuner(space, trainable, results_dir, epochs, logger, faults)
+        tuner = _new_tuner(space, trainable, results_dir, epochs, logger)
     grid = tuner.fit()
     # Tune answers Ctrl-C/SIGTERM by saving its state and returning early: fewer ended trials.
     interrupted = grid.num_terminated + grid.num_errors < space.search.num_samples
@@ -191,7 +193,7 @@ def run_search(
     return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
 
 
-def _new_tuner(space, trainable, results_dir, epochs, logger, faults):
+def _new_tuner(space, trainable, results_dir, epochs, logger):
     s = space.search
     searcher = EarlyStopAwareOptunaSearch(
         space=define_by_run(space),
@@ -211,12 +213,8 @@ def _new_tuner(space, trainable, results_dir, epochs, logger, faults):
         )
     else:
         scheduler = FIFOScheduler()
-    param_space = {}
-    if faults:
-        param_space = {"__raykd_faults__": tune.sample_from(lambda _: faults.get("next", {}))}
     return tune.Tuner(
         trainable,
-        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric,
             mode=space.mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +14,44 @@ from raykd.spaces.sampling import trial_method
 from raykd.spaces.schema import SearchSpace
 from raykd.train.launch import build_trainer
 
-FAULTS_KEY = "__raykd_faults__"  # reliability tests inject faults through the trial config
-
-
 class TrialDiverged(RuntimeError):
     pass
 
 
-def trial_spec(space: SearchSpace, config: dict[str, Any]) -> RunSpec:
+def trial_spec(space: SearchSpace, config: dict[str, Any], faults: dict[str, Any] | None = None) -> RunSpec:
     return RunSpec(
         experiment=space.exp,
         method=trial_method(space, config),
         schedule=space.schedule,
         seed=space.exp.seed,
         resources=space.run_resources,
-        faults=config.get(FAULTS_KEY, {}),
+        faults=faults or {},
     )
 
 
-def run_trial(config: dict[str, Any], space: SearchSpace, results_dir: str, worker_retries: int) -> None:
+def claim_fault(results_dir: str, faults: dict[int, dict] | None) -> dict[str, Any]:
+    """Fault injection for reliability tests: the n-th trial to start gets ``faults[n]``.
+
+    Slots are claimed with exclusive file creation, so concurrent trials never share one.
+    """
+    if not faults:
+        return {}
+    folder = Path(results_dir) / ".faults"
+    folder.mkdir(exist_ok=True)
+    for n in range(1000):
+        try:
+            os.close(os.open(folder / f"slot-{n}", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
+        return faults.get(n, {})
+    return {}
+
+
+def run_trial(
+    config: dict[str, Any], space: SearchSpace, results_dir: str, worker_retries: int, faults: dict[int, dict] | None
+) -> None:
     trial_id = tune.get_context().get_trial_id()
-    spec = trial_spec(space, config)
+    spec = trial_spec(space, config, claim_fault(results_dir, faults))
     # A stable name per trial: after an interruption Ray Train resumes it from its last checkpoint.
     trainer = build_trainer(
         spec,

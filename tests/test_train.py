@@ -1,0 +1,97 @@
+"""The Ray Train loop: local mode, 1 and 2 real Ray workers, frozen teachers, checkpoints."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config.experiment import Resources, Schedule
+from raykd.distill import get_method
+from raykd.eval.coco import METRIC_NAMES
+from raykd.models.builder import load_weights
+from raykd.train.launch import ensure_teachers, run_training
+from raykd.train.loop import STATE_FILE, STUDENT_FILE
+from raykd.train.model import DistillModel
+
+
+def spec_for(exp, workers, method="feature", epochs=3, seed=0, **params):
+    return RunSpec(
+        experiment=exp,
+        method=MethodSpec(name=method, params=params or ({"lambda": 1.0} if method == "feature" else {})),
+        schedule=Schedule(epochs=epochs),
+        seed=seed,
+        resources=Resources(workers=workers, cpus_per_worker=1),
+    )
+
+
+def check_history(history, epochs):
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    for h in history:
+        assert set(METRIC_NAMES) <= set(h) and all(0 <= h[k] <= 1 or h[k] == -1 for k in METRIC_NAMES)
+        assert torch.isfinite(torch.tensor(h["loss"])) and "loss_kd_feat" in h
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    e = load_experiment(TINY)
+    ensure_teachers(e, ["big"], tmp_path_factory.mktemp("teachers"))
+    return e
+
+
+def test_local_mode_run_and_checkpoint_round_trip(exp, tmp_path):
+    result = run_training(spec_for(exp, 0), "local", tmp_path)
+    check_history(result.return_value["history"], 3)
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STUDENT_FILE, map_location="cpu", weights_only=True)
+        train_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    from conftest import build
+
+    fresh = build(exp.student)
+    assert set(state) == set(fresh.state_dict())  # the student only: no teacher, no adapters
+    load_weights(fresh, Path(d) / STUDENT_FILE)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+    assert train_state["iteration"] == 3 * 8 and train_state["stage_done"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
+    result = run_training(spec_for(exp, workers), f"w{workers}", tmp_path)
+    history = result.return_value["history"]
+    check_history(history, 3)
+    # Both workers' shards are evaluated: every val image is seen once.
+    assert result.checkpoint is not None and Path(result.checkpoint.path).exists()
+
+
+def test_teacher_is_frozen_and_outside_the_student(student, teachers, batch):
+    method = get_method("feature")
+    distiller = method(student, teachers, method.Params(**{"lambda": 1.0}), "big")
+    model = DistillModel(student, distiller, teachers)
+    before = copy.deepcopy(teachers["big"].state_dict())
+    student_before = copy.deepcopy(student.state_dict())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    inputs, samples = batch
+    for it in range(3):
+        loss, _ = student.parse_losses(model(inputs, samples, it, 3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not any(k.startswith(("_teachers", "teacher")) for k in model.state_dict())
+    assert all(p.grad is None and not p.requires_grad for p in teachers["big"].parameters())
+    assert not teachers["big"].training
+    assert all(torch.equal(before[k], v) for k, v in teachers["big"].state_dict().items())
+    assert any(not torch.equal(student_before[k], v) for k, v in student.state_dict().items())
+
+
+def test_checkpoint_that_does_not_match_the_config_is_a_config_error(exp, tmp_path, teachers):
+    from raykd.errors import ConfigError
+
+    path = tmp_path / "other.pth"
+    torch.save(teachers["big"].state_dict(), path)  # wider backbone than the student
+    from conftest import build
+
+    with pytest.raises(ConfigError, match="does not match the config"):
+        load_weights(build(exp.student), path)
