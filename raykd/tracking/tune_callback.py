@@ -28,6 +28,11 @@ class MLflowTrialLogger(Callback):
         self.last_step: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with its experiment state. What was logged is re-read from
+        # MLflow after a restore instead: a snapshot could be older than the last logged step.
+        return {**self.__dict__, "runs": {}, "last_step": {}, "last_epoch": {}}
+
     def _run_for(self, trial) -> str:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]

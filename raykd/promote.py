@@ -1,0 +1,296 @@
+"""From a finished search to the exact RunSpec of a final run.
+
+The input names a trial in one of three ways:
+
+* a search results directory (its ``best.yaml``, or ``--trial ID`` through the search's MLflow runs),
+* a TrialConfig file (``best.yaml``, or any trial's ``trial_config.yaml``),
+* an MLflow run id: a search's parent run (its best trial, or ``--trial ID``) or a trial's child run.
+
+The trial's experiment file, the search space's overrides of it, the method, seed and resources
+are then rebuilt into a :class:`RunSpec`; only the schedule (full by default), the seed and the
+number of workers may be changed on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from raykd.cli_common import parse_schedule, with_workers
+from raykd.config.experiment import Experiment, Schedule, _resolve_paths, parse_experiment
+from raykd.config.run import RunSpec, validate_method
+from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
+from raykd.config.yamlio import load_yaml_mapping
+from raykd.errors import ConfigError, from_validation_error
+
+# As raykd.search.runner writes them (not imported: that module pulls in Ray Tune and Optuna,
+# and a wrong argument should fail in a second).
+STATE_FILE = "search.json"
+BEST_FILE = "best.yaml"
+TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
+KIND_TAG = "raykd.kind"
+TRIAL_TAG = "raykd.trial_id"
+BEST_TRIAL_TAG = "raykd.best_trial_id"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The trial to promote and where it came from."""
+
+    trial: TrialConfig
+    source: str  # names the trial in error messages
+    base: Path  # a relative experiment path in the TrialConfig is relative to this folder
+    results_dir: Path | None = None
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None  # the MLflow store the search recorded to
+
+
+# ---- the input -------------------------------------------------------------------------------
+
+
+def resolve_input(value: str, trial_id: str | None = None, tracking_uri: str | None = None) -> Promotion:
+    """A results dir, a TrialConfig file or an MLflow run id (plus ``--trial``) -> the trial."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return _from_results_dir(path.resolve(), trial_id, tracking_uri)
+    if path.is_file():
+        return _from_trial_file(path.resolve(), trial_id, tracking_uri)
+    if RUN_ID.match(value):
+        return _from_run(value, trial_id, tracking_uri or DEFAULT_TRACKING_URI)
+    raise ConfigError(
+        value, "", "no such file or directory, and not an MLflow run id "
+        "(expected a search results directory, a best.yaml or a search's MLflow run id)"
+    )
+
+
+def _from_results_dir(d: Path, trial_id: str | None, tracking_uri: str | None) -> Promotion:
+    state_path, best_path = d / STATE_FILE, d / BEST_FILE
+    if not state_path.is_file() and not best_path.is_file():
+        raise ConfigError(str(d), "", f"not a raykd search results directory (no {STATE_FILE} or {BEST_FILE})")
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(str(state_path), "", f"unreadable: {err}") from None
+    best = load_trial_config(best_path) if best_path.is_file() else None
+    ref = best.mlflow if best is not None else None
+    parent = state.get("parent_run_id") or (ref.parent_run_id if ref else None)
+    uri = tracking_uri or state.get("tracking_uri") or (ref.tracking_uri if ref else None)
+    if trial_id is None or (best is not None and trial_id == best.trial_id):
+        if best is None:
+            status = state.get("status", "unknown")
+            hint = (f"resume it with `python -m raykd.tune --resume {d}`" if status != "finished"
+                    else "no trial finished") + ", or name a trial with --trial"
+            raise ConfigError(str(d), BEST_FILE, f"missing: the search has no best trial (status: {status}); {hint}")
+        return Promotion(best, str(best_path), d, d, parent, uri)
+    if not parent:
+        raise ConfigError(str(d), "--trial", "the search recorded no MLflow parent run to look the trial up in")
+    trial = _trial_from_mlflow(uri or DEFAULT_TRACKING_URI, parent, trial_id)
+    return Promotion(trial, f"trial {trial_id}", d, d, parent, uri)
+
+
+def _from_trial_file(path: Path, trial_id: str | None, tracking_uri: str | None) -> Promotion:
+    trial = load_trial_config(path)
+    results = path.parent if (path.parent / STATE_FILE).is_file() else None
+    ref = trial.mlflow
+    parent = ref.parent_run_id if ref else None
+    uri = tracking_uri or (ref.tracking_uri if ref else None)
+    if trial_id is None or trial_id == trial.trial_id:
+        return Promotion(trial, str(path), path.parent, results, parent, uri)
+    if not parent:
+        raise ConfigError(str(path), "--trial", "this file names no MLflow search run to look other trials up in")
+    other = _trial_from_mlflow(uri or DEFAULT_TRACKING_URI, parent, trial_id)
+    return Promotion(other, f"trial {trial_id}", path.parent, results, parent, uri)
+
+
+def _from_run(run_id: str, trial_id: str | None, uri: str) -> Promotion:
+    from raykd.tracking.store import Tracker
+
+    tracker = Tracker(uri, "--tracking-uri")
+    run = _get_run(tracker, run_id, uri)
+    tags = run.data.tags
+    kind = tags.get(KIND_TAG)
+    if kind == "trial":  # a trial's own run
+        own = tags.get(TRIAL_TAG)
+        if trial_id is not None and trial_id != own:
+            parent = tags.get("mlflow.parentRunId")
+            if not parent:
+                raise ConfigError(run_id, "--trial", f"this is the run of trial {own!r}, not {trial_id!r}")
+            return Promotion(_trial_from_mlflow(uri, parent, trial_id, tracker), f"trial {trial_id}",
+                             Path.cwd(), None, parent, uri)
+        trial = _trial_of_child(tracker, run, uri)
+        return Promotion(trial, f"MLflow run {run_id}", Path.cwd(), None, tags.get("mlflow.parentRunId"), uri)
+    if kind != "search":
+        raise ConfigError(run_id, "", f"MLflow run is not a raykd search or trial ({KIND_TAG}={kind!r})")
+    if trial_id is None:
+        text = _artifact_text(tracker, run_id, BEST_FILE)
+        if text is not None:
+            trial = _parse_trial(text, f"MLflow run {run_id}: {BEST_FILE}")
+            return Promotion(trial, f"MLflow run {run_id}", Path.cwd(), None, run_id, uri)
+        trial_id = tags.get(BEST_TRIAL_TAG)
+        if not trial_id:
+            raise ConfigError(run_id, "", "this search has no best trial (unfinished, or every trial failed); "
+                              "name a trial with --trial")
+    trial = _trial_from_mlflow(uri, run_id, trial_id, tracker)
+    return Promotion(trial, f"trial {trial_id}", Path.cwd(), None, run_id, uri)
+
+
+def _get_run(tracker, run_id: str, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracker.client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(run_id, "", f"no MLflow run with this id in {uri}") from None
+
+
+def _trial_from_mlflow(uri: str, parent: str, trial_id: str, tracker=None) -> TrialConfig:
+    """A trial of a search, found as the parent's child run tagged with its id."""
+    from raykd.tracking.store import Tracker
+
+    tracker = tracker or Tracker(uri, "--tracking-uri")
+    run = _get_run(tracker, parent, uri)
+    children = tracker.client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000
+    )
+    match = [c for c in children if c.data.tags.get(TRIAL_TAG) == trial_id]
+    if not match:
+        known = sorted(t for c in children if (t := c.data.tags.get(TRIAL_TAG)))
+        listed = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") if known else "none"
+        raise ConfigError("--trial", "", f"no trial {trial_id!r} in search run {parent} (trials: {listed})")
+    return _trial_of_child(tracker, match[0], uri)
+
+
+def _trial_of_child(tracker, run, uri: str) -> TrialConfig:
+    """The child run's ``trial_config.yaml``, completed with the metrics the trial reached."""
+    run_id = run.info.run_id
+    text = _artifact_text(tracker, run_id, TRIAL_CONFIG_ARTIFACT)
+    if text is None:
+        raise ConfigError(f"MLflow run {run_id}", TRIAL_CONFIG_ARTIFACT, "artifact missing: not a raykd trial run")
+    trial = _parse_trial(text, f"MLflow run {run_id}: {TRIAL_CONFIG_ARTIFACT}")
+    metrics = {k: float(v) for k, v in run.data.metrics.items() if k.startswith("bbox_")}
+    ref = trial.mlflow or MlflowRef(tracking_uri=uri, experiment=tracker.client.get_experiment(run.info.experiment_id).name)
+    ref = ref.model_copy(update={"run_id": run_id, "parent_run_id": run.data.tags.get("mlflow.parentRunId", ref.parent_run_id)})
+    return trial.model_copy(update={"metrics": trial.metrics or metrics, "mlflow": ref})
+
+
+def _artifact_text(tracker, run_id: str, name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(run_id, name, tmp)
+        except (MlflowException, OSError):
+            return None
+        p = Path(local)
+        return p.read_text() if p.is_file() else None
+
+
+def _parse_trial(text: str, source: str) -> TrialConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(source, "", f"invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "expected a mapping at the top level")
+    try:
+        return TrialConfig(**data)
+    except ValidationError as err:
+        raise from_validation_error(source, err) from None
+
+
+# ---- the run spec ----------------------------------------------------------------------------
+
+
+def check_schedule_arg(value: str) -> None:
+    """``--schedule`` is checked before anything is loaded."""
+    if value in ("full", "search") or (value.isdigit() and int(value) > 0):
+        return
+    raise ConfigError("--schedule", "", f"expected full, search or a number of epochs > 0 (got {value!r})")
+
+
+def trial_experiment(promo: Promotion) -> Experiment:
+    """The trial's experiment file with the search space's overrides merged in, as the search saw it."""
+    from raykd.spaces.schema import _merge
+
+    path = Path(promo.trial.experiment).expanduser()
+    if not path.is_absolute():
+        path = promo.base / path
+    if not path.is_file():
+        raise ConfigError(promo.source, "experiment", f"file not found: {path}")
+    data = _merge(load_yaml_mapping(path), promo.trial.overrides)
+    return parse_experiment(_resolve_paths(data, path.resolve().parent), str(path))
+
+
+def final_schedule(value: str, exp: Experiment, trial: TrialConfig) -> Schedule:
+    """``full`` (the experiment's), ``search`` (the fidelity the trial was scored at) or N epochs."""
+    check_schedule_arg(value)
+    if value == "search":
+        return trial.schedule
+    return parse_schedule(value, exp)
+
+
+def build_spec(
+    promo: Promotion,
+    schedule: str = "full",
+    workers: int | None = None,
+    seed: int | None = None,
+    init_checkpoint: str | Path | None = None,
+) -> RunSpec:
+    trial = promo.trial
+    exp = trial_experiment(promo)
+    validate_method(trial.method, exp, promo.source, prefix="method")
+    resources = with_workers(trial.resources, workers)
+    n = max(resources.workers, 1)
+    if exp.optim.batch_size % n:
+        raise ConfigError("--workers" if workers is not None else promo.source, "" if workers is not None else "resources.workers",
+                          f"{resources.workers} workers do not divide optim.batch_size {exp.optim.batch_size}")
+    init = None
+    if init_checkpoint is not None:
+        init = Path(init_checkpoint).expanduser().resolve()
+        check_checkpoint(exp, init, "--init")
+    return RunSpec(
+        experiment=exp,
+        method=trial.method,
+        schedule=final_schedule(schedule, exp, trial),
+        seed=trial.seed if seed is None else seed,
+        resources=resources,
+        init_checkpoint=str(init) if init else None,
+    )
+
+
+def check_checkpoint(exp: Experiment, path: Path, source: str) -> None:
+    """Fail now, with one line, if ``path`` cannot initialise this experiment's student."""
+    from raykd.models.builder import build_detector, load_weights
+
+    if not path.is_file():
+        raise ConfigError(source, "", f"checkpoint not found: {path}")
+    model = build_detector(exp.student.config, exp.student.overrides, exp.source, "student")
+    try:
+        load_weights(model, path, source, "")
+    except ConfigError:
+        raise
+    except Exception as err:  # not a torch file, or one that needs pickle (weights_only refuses it)
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ConfigError(source, "", f"cannot read checkpoint {path}: {first}") from None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest Ray Train checkpoint folder of a run (what a resumed run restarts from)."""
+    dirs = [p for p in run_dir.glob("checkpoint_*") if (p / "student.pth").is_file()]
+    return max(dirs, key=lambda p: p.stat().st_mtime) if dirs else None
+
+
+def default_out(promo: Promotion) -> Path:
+    name = f"final-{promo.trial.trial_id}"
+    return promo.results_dir / name if promo.results_dir else Path("runs") / name

@@ -1,0 +1,245 @@
+"""``python -m raykd.final``: promote a searched trial, retrain it, record it, register the student.
+
+A real two-trial search (Ray local cluster, sqlite MLflow) is produced once for the module; final
+runs go through the CLI entry point in-process (sharing that cluster), and the error exits through
+real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TESTS
+
+SPACE = TESTS / "data" / "final_space.yaml"
+SCHEDULE = ["--schedule", "1"]
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    import ray
+
+    from raykd.search.runner import run_search
+    from raykd.spaces import load_space
+
+    root = tmp_path_factory.mktemp("final")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    outcome = run_search(load_space(SPACE), root / "search", tracking_uri=uri)
+    assert outcome.best is not None and len({t["trial_id"] for t in outcome.trials}) == 2
+    yield {"root": root, "uri": uri, "outcome": outcome, "dir": outcome.results_dir, "runs": {}}
+    ray.shutdown()
+
+
+def client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def final(search, key, argv):
+    """Run the CLI in-process once per key (tests share the finished runs)."""
+    from raykd.final import main
+
+    if key not in search["runs"]:
+        search["runs"][key] = main(argv)
+    return search["runs"][key]
+
+
+def from_best_yaml(search):
+    return final(search, "best", [str(search["dir"] / "best.yaml"), *SCHEDULE])
+
+
+def from_parent_run(search):
+    out = search["root"] / "from-run"
+    return final(search, "run", [search["outcome"].parent_run_id, "--tracking-uri", search["uri"], "--out", str(out), *SCHEDULE])
+
+
+def test_final_from_best_yaml(search):
+    best = search["outcome"].best
+    summary = from_best_yaml(search)
+    out = search["dir"] / f"final-{best.trial_id}"  # default: beside best.yaml, in the results dir
+    assert json.loads((out / "final.json").read_text())["run_id"] == summary["run_id"]
+    assert (out / "student.pth").is_file() and (out / "final_config.yaml").is_file()
+    assert summary["trial_id"] == best.trial_id and summary["search_metrics"] == best.metrics
+    spec = summary["spec"]
+    assert spec["method"] == best.method.model_dump(mode="json") and spec["seed"] == best.seed
+    assert spec["resources"] == best.resources.model_dump(mode="json")
+    assert spec["schedule"] == {"epochs": 1, "iters": None}
+    # The space's override of the experiment is part of the trial, so of the final run.
+    assert spec["experiment"]["student"]["overrides"]["test_cfg"] == {"score_thr": 0.0}
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    # One epoch is the search fidelity: the rebuilt run reproduces the trial's own numbers.
+    for k, v in best.metrics.items():
+        assert math.isclose(summary["final"][k], v, abs_tol=1e-6), (k, summary["final"][k], v)
+
+    c = client(search["uri"])
+    run = c.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raykd.kind"] == "final"
+    assert run.data.tags["raykd.trial_id"] == best.trial_id
+    assert run.data.tags["raykd.search_parent_run_id"] == search["outcome"].parent_run_id
+    assert c.get_experiment(run.info.experiment_id).name == "tiny"
+    assert run.data.params["method"] == "feature" and float(run.data.params["method_params.lambda"]) == best.method.params["lambda"]
+    ap = c.get_metric_history(summary["run_id"], "bbox_mAP")
+    assert [(m.step, m.value) for m in ap] == [(1, summary["final"]["bbox_mAP"])]
+    names = {a.path for a in c.list_artifacts(summary["run_id"])}
+    assert {"student.pth", "final_config.yaml", "final.json"} <= names
+
+
+def test_registered_version_has_ap_and_reloads_with_the_same_ap(search):
+    from raykd.config import load_experiment
+    from raykd.models.builder import build_detector, load_weights
+    from raykd.promote import build_spec, resolve_input
+    from raykd.tracking.registry import load_registered_detector, load_registered_model
+
+    summary = from_best_yaml(search)
+    name, version = summary["model"]["name"], summary["model"]["version"]
+    assert name == load_experiment(TESTS / "data" / "tiny.yaml").registered_model_name
+    mv = client(search["uri"]).get_model_version(name, version)
+    logged_ap = client(search["uri"]).get_run(summary["run_id"]).data.metrics["bbox_mAP"]
+    assert float(mv.tags["bbox_mAP"]) == logged_ap == summary["final"]["bbox_mAP"]
+    assert f"{logged_ap:.4f}" in mv.description and mv.run_id == summary["run_id"]
+
+    detector = load_registered_detector(search["uri"], name, version)
+    assert isinstance(detector, torch.nn.Module) and not detector.training
+    # The registered weights are the final epoch's, in the same architecture (overrides included).
+    exp = build_spec(resolve_input(str(search["dir"] / "best.yaml"))).experiment
+    reference = build_detector(exp.student.config, exp.student.overrides)
+    load_weights(reference, search["dir"] / f"final-{summary['trial_id']}" / "student.pth")
+    ref_state = reference.state_dict()
+    assert all(torch.equal(ref_state[k], v) for k, v in detector.state_dict().items())
+    assert detector.test_cfg["score_thr"] == 0.0
+
+    metrics = evaluate(detector, exp, batch_size=exp.optim.batch_size // max(summary["spec"]["resources"]["workers"], 1))
+    assert metrics["bbox_mAP"] > 0  # real detections were scored, not an empty list
+    for k, v in summary["final"].items():
+        assert math.isclose(metrics[k], v, abs_tol=1e-6), (k, metrics[k], v)
+
+    # The pyfunc's own predict (image files in, COCO boxes out) runs the same detector.
+    from raykd.data.loaders import resolve_data
+
+    images = sorted(resolve_data(exp.dataset).val.img_dir.iterdir())[:2]
+    boxes = load_registered_model(search["uri"], name, version).predict([str(p) for p in images])
+    assert boxes and {b.image_index for b in boxes} == {0, 1} and all(b.w > 0 and b.h > 0 for b in boxes)
+
+
+def evaluate(model, exp, batch_size):
+    """The training loop's evaluation (raykd.eval + raykd.data.loaders), on one process."""
+    from raykd.data.loaders import build_dataset, build_loader, class_names, resolve_data
+    from raykd.eval.coco import coco_metrics, detections_to_coco, load_gt
+
+    paths = resolve_data(exp.dataset)
+    val = build_dataset(paths.val, paths.image_scale, False, class_names(paths.train.ann_file))
+    dets, ids = [], []
+    with torch.no_grad():
+        for batch in build_loader(val, batch_size, False, exp.seed, 1, 0):
+            data = model.data_preprocessor(batch, False)
+            preds = model.predict(data["inputs"], data["data_samples"], rescale=True)
+            dets.extend(detections_to_coco(preds, list(val.cat_ids)))
+            ids.extend(int(s.img_id) for s in preds)
+    return coco_metrics(load_gt(paths.val.ann_file), dets, set(ids))
+
+
+def test_final_from_parent_run_id_is_the_same_run_again(search):
+    """The parent run id resolves to the same best trial; same seed, same workers: same numbers."""
+    a, b = from_best_yaml(search), from_parent_run(search)
+    assert b["trial_id"] == a["trial_id"] and b["spec"] == a["spec"]
+    assert b["run_id"] != a["run_id"] and int(b["model"]["version"]) != int(a["model"]["version"])
+    assert (search["root"] / "from-run" / "final.json").is_file()
+    ha, hb = a["history"][-1], b["history"][-1]
+    for k in ("bbox_mAP", "bbox_mAP_50", "loss", "loss_cls", "loss_bbox", "loss_kd_feat"):
+        assert abs(ha[k] - hb[k]) <= 1e-4, (k, ha[k], hb[k])
+
+
+def test_resume_continues_the_stopped_run(search):
+    """Same INPUT and options plus --resume: the same MLflow run, Ray Train restarts from the last
+    epoch checkpoint (here the final one, so nothing is trained again)."""
+    from raykd.final import main
+
+    first = from_best_yaml(search)
+    out = search["dir"] / f"final-{first['trial_id']}"
+    run_dir = out / "ray" / f"final-{first['trial_id']}"
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_*"))
+    assert checkpoints
+    state = json.loads((out / "final_state.json").read_text())
+    (out / "final_state.json").write_text(json.dumps({**state, "status": "interrupted"}))  # as if stopped
+    again = main([str(search["dir"] / "best.yaml"), *SCHEDULE, "--resume"])
+    assert again["run_id"] == first["run_id"] and again["history"] == first["history"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == checkpoints  # restored, not retrained
+    c = client(search["uri"])
+    assert c.get_run(first["run_id"]).info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(first["run_id"], "bbox_mAP")] == [1]  # not logged twice
+
+
+def test_trial_promotes_a_non_best_trial(search):
+    best = search["outcome"].best
+    other = next(t["trial_id"] for t in search["outcome"].trials if t["trial_id"] != best.trial_id)
+    summary = final(search, "other", [str(search["dir"]), "--trial", other, "--workers", "0", *SCHEDULE])
+    for k, v in summary["search_metrics"].items():  # workers 0 (in-process) reproduces it too
+        assert math.isclose(summary["final"][k], v, abs_tol=1e-6), (k, summary["final"][k], v)
+    assert summary["trial_id"] == other
+    assert (search["dir"] / f"final-{other}" / "final.json").is_file()
+    c = client(search["uri"])
+    child = next(r for r in c.search_runs([c.get_run(search["outcome"].parent_run_id).info.experiment_id],
+                                          filter_string=f"tags.`raykd.trial_id` = '{other}'")
+                 if r.data.tags.get("raykd.kind") == "trial")
+    lam = summary["spec"]["method"]["params"]["lambda"]
+    assert lam == float(child.data.params["feature.lambda"]) and lam != best.method.params["lambda"]
+    assert summary["spec"]["resources"]["workers"] == 0  # --workers overrides the trial's resources
+    assert summary["search_metrics"]["bbox_mAP"] == child.data.metrics["bbox_mAP"]
+    mv = c.get_model_version(summary["model"]["name"], summary["model"]["version"])
+    assert mv.tags["raykd.trial_id"] == other
+
+
+def test_bad_inputs_exit_2_with_one_line(search, tmp_path):
+    from raykd.train.teachers import teacher_checkpoint
+    from raykd.config import load_experiment
+
+    results = search["dir"]
+    no_best = tmp_path / "unfinished"
+    no_best.mkdir()
+    state = json.loads((results / "search.json").read_text())
+    (no_best / "search.json").write_text(json.dumps({**state, "status": "interrupted"}))
+    wrong_ckpt = teacher_checkpoint(load_experiment(TESTS / "data" / "tiny.yaml"), "big")  # wider than the student
+    cases = {
+        "missing path": ([str(tmp_path / "nope")], "no such file or directory"),
+        "no best.yaml": ([str(no_best)], "no best trial"),
+        "unknown run id": (["0" * 32, "--tracking-uri", search["uri"]], "no MLflow run"),
+        "unknown trial": ([str(results), "--trial", "nosuchtrial"], "no trial 'nosuchtrial'"),
+        "schedule 0": ([str(results / "best.yaml"), "--schedule", "0"], "--schedule"),
+        "resume nothing": ([str(results), "--resume", "--out", str(tmp_path / "fresh")], "no final run to resume"),
+        "mismatched --init": ([str(results), "--init", str(wrong_ckpt)], "does not match the config"),
+        "resume local mode": ([str(results), "--workers", "0", "--resume"], "local mode"),
+    }
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "raykd.final", *argv], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for name, (argv, _) in cases.items()
+    }
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert proc.returncode == 2, (name, proc.returncode, err[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err[-2000:])
+        assert cases[name][1] in lines[0], (name, lines[0])
+        assert "Traceback" not in out + err
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_help_lists_every_option(capsys):
+    from raykd.final import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("INPUT", "--trial", "--schedule", "--workers", "--seed", "--tracking-uri", "--out", "--resume",
+                   "--init", "--baseline"):
+        assert option in text

@@ -1,0 +1,134 @@
+"""A real search: Ray Tune + Optuna + ASHA on a local Ray cluster, MLflow in a sqlite file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TESTS
+from raykd.config.trial import load_trial_config
+from raykd.search.runner import run_search
+from raykd.spaces import load_space
+
+
+def runs_of(uri, exp_name="tiny"):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(exp_name)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("raykd.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("raykd.kind") == "trial"]
+    return c, parents, children
+
+
+@pytest.fixture(scope="module")
+def asha_search(tmp_path_factory, ray_cluster):
+    tmp = tmp_path_factory.mktemp("asha")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    outcome = run_search(load_space(TESTS / "data" / "asha_space.yaml"), tmp / "results", tracking_uri=uri)
+    return outcome, uri
+
+
+def test_one_parent_and_one_child_per_trial(asha_search):
+    outcome, uri = asha_search
+    c, parents, children = runs_of(uri)
+    assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and len({r.data.tags["raykd.trial_id"] for r in children}) == 4
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "bbox_mAP")]
+        assert steps == list(range(1, len(steps) + 1))  # every epoch once, in order
+        assert "trial_config.yaml" in [a.path for a in c.list_artifacts(r.info.run_id)]
+    artifacts = [a.path for a in c.list_artifacts(outcome.parent_run_id)]
+    assert {"best.yaml", "asha_space.yaml", "tiny.yaml", "optuna"} <= set(artifacts)
+    assert "optuna/optuna_history.html" in [a.path for a in c.list_artifacts(outcome.parent_run_id, "optuna")]
+
+
+def test_conditional_params_only_on_their_method(asha_search):
+    _, uri = asha_search
+    _, _, children = runs_of(uri)
+    for r in children:
+        method = r.data.params["method"]
+        for key in r.data.params:
+            if "." in key:
+                assert key.startswith(method + "."), (method, key)
+        if method == "icd":
+            p = r.data.params
+            assert int(p["icd.hidden_dim"]) % int(p["icd.num_heads"]) == 0
+
+
+def test_orders_are_valid_orderings_of_the_pool(asha_search):
+    _, uri = asha_search
+    _, _, children = runs_of(uri)
+    for r in children:
+        if r.data.params["method"] == "mtpd":
+            order = r.data.params["mtpd.order"].split(">")
+            assert 1 <= len(order) <= 2 and len(set(order)) == len(order) and set(order) <= {"big", "gfl"}
+
+
+def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(asha_search):
+    outcome, uri = asha_search
+    _, _, children = runs_of(uri)
+    stopped = [r for r in children if r.data.tags["raykd.stopped_early"] == "true"]
+    assert stopped, "ASHA stopped no trial"
+    for r in stopped:
+        assert r.data.metrics["epoch"] < 3
+    study = optuna.load_study(study_name=f"raykd-{outcome.results_dir.name}",
+                              storage=f"sqlite:///{outcome.results_dir / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(children) - len(stopped)
+
+
+def test_best_yaml_matches_the_best_child(asha_search):
+    outcome, uri = asha_search
+    best = load_trial_config(outcome.results_dir / "best.yaml")
+    c, parents, children = runs_of(uri)
+    full = [r for r in children if r.data.tags["raykd.stopped_early"] == "false"]
+    winner = min(full, key=lambda r: r.data.metrics["loss"])
+    assert best.trial_id == winner.data.tags["raykd.trial_id"]
+    assert best.mlflow.run_id == winner.info.run_id
+    assert parents[0].data.tags["raykd.best_trial_id"] == best.trial_id
+    assert best.metrics["bbox_mAP"] == pytest.approx(winner.data.metrics["bbox_mAP"])
+    logged = yaml.safe_load(c.download_artifacts(winner.info.run_id, "trial_config.yaml"))
+    assert logged["method"] == best.method.model_dump(exclude_none=True)
+
+
+BAD_SPACES = {
+    "unknown method": ({"method": "magic"}, "method"),
+    "unknown key": ({"sampler": "tpe"}, "sampler"),
+    "bad bounds": ({"params": {"feature": {"lambda": {"type": "loguniform", "low": 5, "high": 1}}}}, "params.feature.lambda"),
+    "zero low for loguniform": ({"params": {"feature": {"lambda": {"type": "loguniform", "low": 0, "high": 1}}}}, "params.feature.lambda"),
+    "order longer than pool": ({"method": "mtpd", "params": {"mtpd": {"order": {"type": "order", "k": 3}}}}, "params.mtpd.order.k"),
+    "unknown param of a method": ({"params": {"feature": {"lamda": {"type": "uniform", "low": 0, "high": 1}}}}, "params.feature.lamda"),
+    "unknown distribution": ({"params": {"feature": {"lambda": {"type": "gaussian"}}}}, "params.feature.lambda"),
+    "bad sampler": ({"search": {"sampler": "bayes"}}, "search.sampler"),
+    "missing experiment": ({"experiment": "nowhere.yaml"}, "experiment"),
+    "heads never divide": ({"method": "icd", "params": {"icd": {"hidden_dim": {"type": "choice", "values": [30]}, "num_heads": {"type": "choice", "values": [4], "divides": "hidden_dim"}}}}, "params.icd.num_heads.divides"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SPACES))
+def test_malformed_space_exits_2_with_one_line(tmp_path, name):
+    change, key = BAD_SPACES[name]
+    data = {"experiment": str(TESTS / "data" / "tiny.yaml"), "method": "feature"}
+    data.update(change)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "raykd.tune", str(path), "--results-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and str(path) in err and key in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_every_option():
+    out = subprocess.run([sys.executable, "-m", "raykd.tune", "--help"], capture_output=True, text=True).stdout
+    for opt in ("--results-dir", "--resume", "--tracking-uri", "--address", "--num-samples"):
+        assert opt in out
