@@ -19,6 +19,14 @@ import yaml
 
 from raykd.cli_common import write_json_atomic
 from raykd.errors import ConfigError, exits_cleanly
+from raykd.promote import (
+    build_spec,
+    check_checkpoint,
+    check_schedule_arg,
+    default_out,
+    latest_checkpoint,
+    resolve_input,
+)
 
 STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
 CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
@@ -32,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("input", metavar="INPUT",
                    help="search results directory, best.yaml, or a search's MLflow (parent) run id")
     p.add_argument("--trial", metavar="ID", help="promote this trial instead of the best one")
-    p.add_argument("--schedule", default="full",
+    p.add_argument("--schedule", default="full", metavar="full|search|N",
                    help="full (the experiment's), search (the trial's fidelity) or a number of epochs (default: full)")
     p.add_argument("--workers", type=int, metavar="N", help="Ray Train workers (default: the trial's)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the trial's)")
@@ -83,7 +91,7 @@ def _check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) -
     return state
 
 
-def _params(promo, spec, trial) -> dict[str, Any]:
+def _params(spec, trial) -> dict[str, Any]:
     exp = spec.experiment
     return {
         "trial_id": trial.trial_id,
@@ -115,12 +123,15 @@ def _outcome(result) -> dict[str, Any]:
     return result.return_value or {"history": [], "diverged": None}
 
 
+class _Diverged(Exception):
+    pass
+
+
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from raykd.promote import build_spec, check_schedule_arg, default_out, latest_checkpoint, resolve_input
-
+    # ---- everything is checked before anything is started or written ----------------------------
     check_schedule_arg(args.schedule)
     promo = resolve_input(args.input, args.trial, args.tracking_uri)
     spec = build_spec(promo, args.schedule, args.workers, args.seed, args.init)
@@ -130,25 +141,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           "final runs that may need resuming take --workers 1 or more")
     run_name = f"final-{trial.trial_id}"
     out = (args.out or default_out(promo)).expanduser().resolve()
-    ray_dir = out / "ray"
     config = {"trial": trial.model_dump(mode="json", exclude_none=True), "spec": spec.to_dict()}
     state = _check_out(out, run_name, config, args.resume)
-    if state is not None:
-        ckpt = latest_checkpoint(ray_dir / run_name)
-        if ckpt is not None:
-            from raykd.promote import check_checkpoint
-
-            check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
+    if state is not None and (ckpt := latest_checkpoint(out / "ray" / run_name)) is not None:
+        check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
     uri = args.tracking_uri or (state or {}).get("tracking_uri") or promo.tracking_uri or exp.tracking_uri
 
-    from raykd.tracking.registry import register_student, registered_name
     from raykd.tracking.store import KIND_TAG, TRIAL_TAG, Tracker
 
     tracker = Tracker(uri, "--tracking-uri")
-    from raykd.eval.coco import METRIC_NAMES
-    from raykd.report import metrics_table
-    from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
-    from raykd.train.stages import plan_stages
 
     # ---- from here on, work is done and recorded -----------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
@@ -163,16 +164,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if trial.mlflow and trial.mlflow.run_id:
             tags["raykd.search_trial_run_id"] = trial.mlflow.run_id
         run_id = tracker.start_run(exp.name, run_name, tags)
-        tracker.log_params(run_id, _params(promo, spec, trial))
+        tracker.log_params(run_id, _params(spec, trial))
     state = {"run_id": run_id, "tracking_uri": uri, "status": "running", "trial_id": trial.trial_id}
     write_json_atomic(out / STATE_FILE, state)
     print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {_schedule_text(spec.schedule)}, "
           f"seed {spec.seed}) -> {out}", flush=True)
-
-    teachers = list(dict.fromkeys(s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"))
     try:
-        ensure_teachers(exp, teachers, ray_dir)
-        result = run_training(spec, run_name, ray_dir)
+        summary = _train_and_register(args, promo, spec, out, tracker, run_id)
+    except _Diverged as err:
+        tracker.set_tags(run_id, {FAILURE_TAG: str(err)[:250]})
+        tracker.end_run(run_id, "FAILED")
+        write_json_atomic(out / STATE_FILE, {**state, "status": "diverged"})
+        print(f"error: run diverged: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except BaseException as err:
         interrupted = isinstance(err, KeyboardInterrupt)
         tracker.set_tags(run_id, {FAILURE_TAG: (str(err).strip().splitlines() or [type(err).__name__])[-1][:250]})
@@ -182,17 +186,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"\nfinal run stopped; continue it with: python -m raykd.final {args.input} --resume --out {out}",
                   file=sys.stderr)
         raise
+    tracker.end_run(run_id, "FINISHED")
+    write_json_atomic(out / STATE_FILE, {**state, "status": "finished"})
+    print(f"\nregistered model: {summary['model']['name']} version {summary['model']['version']} ({uri})")
+    print(f"summary written to {out / SUMMARY_FILE}")
+    return summary
+
+
+def _train_and_register(args, promo, spec, out: Path, tracker, run_id: str) -> dict[str, Any]:
+    from raykd.config import MethodSpec
+    from raykd.eval.coco import METRIC_NAMES
+    from raykd.report import metrics_table
+    from raykd.tracking.registry import register_student, registered_name
+    from raykd.tracking.store import TRIAL_TAG
+    from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+    from raykd.train.stages import plan_stages
+
+    trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
+    teachers = list(dict.fromkeys(s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"))
+    ensure_teachers(exp, teachers, ray_dir)
+    result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
     outcome = _outcome(result)
+    _log_history(tracker, run_id, outcome["history"])
     if outcome["diverged"]:
-        tracker.set_tags(run_id, {FAILURE_TAG: outcome["diverged"]})
-        _log_history(tracker, run_id, outcome["history"])
-        tracker.end_run(run_id, "FAILED")
-        write_json_atomic(out / STATE_FILE, {**state, "status": "diverged"})
-        print(f"error: run diverged: {outcome['diverged']}", file=sys.stderr)
-        raise SystemExit(1)
+        raise _Diverged(outcome["diverged"])
     history = outcome["history"]
     final = dict(history[-1] if history else result.metrics)
-    _log_history(tracker, run_id, history)
+    final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
+    last_epoch = int(final.get("epoch", 0))
     with result.checkpoint.as_directory() as d:
         shutil.copy(Path(d) / STUDENT_FILE, out / STUDENT_FILE)
     tracker.log_file(run_id, out / STUDENT_FILE)
@@ -200,27 +221,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     baseline = None
     if args.baseline:
-        from raykd.config import MethodSpec
-
         base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
-        base_outcome = _outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
-        if base_outcome["history"]:
-            baseline = {k: v for k, v in base_outcome["history"][-1].items() if k in METRIC_NAMES}
-            last = int(final.get("epoch", 0))
-            tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline.items()}, last)
+        base = _outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
+        if base["diverged"] or not base["history"]:
+            print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
+        else:
+            baseline = {k: float(v) for k, v in base["history"][-1].items() if k in METRIC_NAMES}
+            tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline.items()}, last_epoch)
 
-    final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
     name = registered_name(exp)
-    ap = final_metrics.get("bbox_mAP", float("nan"))
     description = (
         f"{spec.method.name} distillation of {exp.name} (trial {trial.trial_id}), {_schedule_text(spec.schedule)}, "
-        f"seed {spec.seed}: val bbox_mAP {ap:.4f}"
+        f"seed {spec.seed}: val bbox_mAP {final_metrics.get('bbox_mAP', float('nan')):.4f}"
         + (f" (search fidelity {trial.metrics['bbox_mAP']:.4f})" if "bbox_mAP" in trial.metrics else "")
     )
     version = register_student(
-        uri, run_id, exp, out / STUDENT_FILE, final_metrics,
+        tracker.uri, run_id, exp, out / STUDENT_FILE, final_metrics,
         tags={TRIAL_TAG: trial.trial_id, "raykd.method": spec.method.name, "raykd.run_id": run_id},
-        description=description, step=int(final.get("epoch", 0)),
+        description=description, step=last_epoch,
     )
     tracker.set_tags(run_id, {"raykd.registered_model": name, "raykd.registered_version": version.version})
 
@@ -241,16 +259,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "baseline": baseline,
         "model": {"name": name, "version": str(version.version)},
         "run_id": run_id,
-        "tracking_uri": uri,
+        "tracking_uri": tracker.uri,
         "search_parent_run_id": promo.parent_run_id,
         "spec": spec.to_dict(),
     }
     write_json_atomic(out / SUMMARY_FILE, summary)
     tracker.log_file(run_id, out / SUMMARY_FILE)
-    tracker.end_run(run_id, "FINISHED")
-    write_json_atomic(out / STATE_FILE, {**state, "status": "finished"})
-    print(f"\nregistered model: {name} version {version.version} ({uri})")
-    print(f"summary written to {out / SUMMARY_FILE}")
     return summary
 
 

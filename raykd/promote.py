@@ -113,10 +113,17 @@ def _from_trial_file(path: Path, trial_id: str | None, tracking_uri: str | None)
     return Promotion(other, f"trial {trial_id}", path.parent, results, parent, uri)
 
 
-def _from_run(run_id: str, trial_id: str | None, uri: str) -> Promotion:
+def _tracker(uri: str):
+    """A Tracker on an existing store: looking a run up must not create an empty database."""
     from raykd.tracking.store import Tracker
 
-    tracker = Tracker(uri, "--tracking-uri")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).expanduser().is_file():
+        raise ConfigError("--tracking-uri", "", f"{uri}: no such MLflow database (give the search's tracking URI)")
+    return Tracker(uri, "--tracking-uri")
+
+
+def _from_run(run_id: str, trial_id: str | None, uri: str) -> Promotion:
+    tracker = _tracker(uri)
     run = _get_run(tracker, run_id, uri)
     tags = run.data.tags
     kind = tags.get(KIND_TAG)
@@ -156,9 +163,7 @@ def _get_run(tracker, run_id: str, uri: str):
 
 def _trial_from_mlflow(uri: str, parent: str, trial_id: str, tracker=None) -> TrialConfig:
     """A trial of a search, found as the parent's child run tagged with its id."""
-    from raykd.tracking.store import Tracker
-
-    tracker = tracker or Tracker(uri, "--tracking-uri")
+    tracker = tracker or _tracker(uri)
     run = _get_run(tracker, parent, uri)
     children = tracker.client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000

@@ -11,11 +11,9 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TESTS
 
 SPACE = TESTS / "data" / "final_space.yaml"
@@ -181,7 +179,8 @@ def test_resume_continues_the_stopped_run(search):
 def test_trial_promotes_a_non_best_trial(search):
     best = search["outcome"].best
     other = next(t["trial_id"] for t in search["outcome"].trials if t["trial_id"] != best.trial_id)
-    summary = final(search, "other", [str(search["dir"]), "--trial", other, "--workers", "0", *SCHEDULE])
+    argv = [str(search["dir"]), "--trial", other, "--workers", "0", "--baseline", *SCHEDULE]
+    summary = final(search, "other", argv)
     for k, v in summary["search_metrics"].items():  # workers 0 (in-process) reproduces it too
         assert math.isclose(summary["final"][k], v, abs_tol=1e-6), (k, summary["final"][k], v)
     assert summary["trial_id"] == other
@@ -196,11 +195,35 @@ def test_trial_promotes_a_non_best_trial(search):
     assert summary["search_metrics"]["bbox_mAP"] == child.data.metrics["bbox_mAP"]
     mv = c.get_model_version(summary["model"]["name"], summary["model"]["version"])
     assert mv.tags["raykd.trial_id"] == other
+    # --baseline: the student alone at the same schedule, beside the distilled one.
+    assert set(summary["baseline"]) == set(summary["final"])
+    assert c.get_run(summary["run_id"]).data.metrics["baseline_bbox_mAP"] == summary["baseline"]["bbox_mAP"]
+
+
+def test_diverged_run_exits_1_with_one_line(search, tmp_path, capsys):
+    from raykd.config.trial import load_trial_config, save_trial_config
+    from raykd.final import main
+
+    best = load_trial_config(search["dir"] / "best.yaml")
+    # A KD weight that sends the first loss past optim.max_loss (teachers and data stay as cached).
+    method = best.method.model_copy(update={"params": {**best.method.params, "lambda": 1e12}})
+    diverging = best.model_copy(update={"method": method})
+    save_trial_config(diverging, tmp_path / "diverging.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "diverging.yaml"), "--workers", "0", *SCHEDULE, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 1
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: run diverged: loss diverged")
+    state = json.loads((tmp_path / "out" / "final_state.json").read_text())
+    run = client(search["uri"]).get_run(state["run_id"])
+    assert state["status"] == "diverged" and run.info.status == "FAILED"
+    assert "loss diverged" in run.data.tags["raykd.failure_reason"]
+    assert not (tmp_path / "out" / "final.json").exists()
 
 
 def test_bad_inputs_exit_2_with_one_line(search, tmp_path):
-    from raykd.train.teachers import teacher_checkpoint
     from raykd.config import load_experiment
+    from raykd.train.teachers import teacher_checkpoint
 
     results = search["dir"]
     no_best = tmp_path / "unfinished"
