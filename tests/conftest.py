@@ -85,5 +85,9 @@ def ray_cluster():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     ensure_ray()
+    # CLI subprocesses join this cluster: with two Ray instances on one machine, Train's
+    # placement-group cleaner cannot tell which to use, and a trial ASHA stops never frees its CPUs.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield
+    os.environ.pop("RAY_ADDRESS", None)
     ray.shutdown()

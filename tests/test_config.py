@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 
 from raykd.config import load_experiment
 from raykd.errors import ConfigError
-
-from conftest import TINY
 
 
 def write_variant(tmp_path: Path, mutate) -> Path:

@@ -8,9 +8,9 @@ import time
 
 import optuna
 import pytest
+from conftest import TESTS
 from mlflow.tracking import MlflowClient
 
-from conftest import TESTS
 from raykd.search.runner import run_search
 from raykd.spaces import load_space
 from raykd.tracking.store import mask_secrets
@@ -68,11 +68,11 @@ def wait_for(predicate, timeout):
     return False
 
 
-def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path):
+def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path, ray_cluster):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "raykd.tune", str(FAULTS_SPACE), "--results-dir", str(results), "--tracking-uri", uri]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = dict(os.environ)  # joins the test session's Ray cluster (see conftest.ray_cluster)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def one_finished():

@@ -2,14 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import TESTS
 from mlflow.tracking import MlflowClient
 
-from conftest import TESTS
 from raykd.config.trial import load_trial_config
 from raykd.search.runner import run_search
 from raykd.spaces import load_space

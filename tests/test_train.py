@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from raykd.config import MethodSpec, RunSpec, load_experiment
 from raykd.config.experiment import Resources, Schedule
 from raykd.distill import get_method

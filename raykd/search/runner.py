@@ -34,7 +34,7 @@ from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import KIND_TAG, Tracker
 from raykd.tracking.tune_callback import MLflowTrialLogger
 from raykd.train.launch import ensure_ray, ensure_teachers
-from raykd.train.stages import plan_stages, stage_iters
+from raykd.train.stages import stage_iters
 
 STATE_FILE = "search.json"
 BEST_FILE = "best.yaml"
@@ -132,6 +132,7 @@ def run_search(
     t0 = time.perf_counter()
     uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
     tracker = Tracker(uri, space.source)  # fails fast on an unusable URI, before any work
+    uri = tracker.uri
     exp_name = space.exp.name
     results_dir = results_dir.resolve()
     state_path = results_dir / STATE_FILE

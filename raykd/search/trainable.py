@@ -14,6 +14,7 @@ from raykd.spaces.sampling import trial_method
 from raykd.spaces.schema import SearchSpace
 from raykd.train.launch import build_trainer
 
+
 class TrialDiverged(RuntimeError):
     pass
 

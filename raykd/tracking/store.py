@@ -47,10 +47,19 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` names a file relative to the cwd; pin it so a later --resume or
+    raykd.final run from another folder finds the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
+    return uri
+
+
 class Tracker:
     def __init__(self, uri: str, source: str = "tracking_uri"):
         from mlflow.tracking import MlflowClient
 
+        uri = absolute_uri(uri)
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///") :]).expanduser()
             if not db.parent.exists():

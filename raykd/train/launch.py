@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 from raykd.cache import build_once
 from raykd.config.experiment import Experiment, ModelSpec
 from raykd.config.run import MethodSpec, RunSpec
+from raykd.errors import ConfigError
 from raykd.train.loop import STUDENT_FILE, train_worker
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
@@ -30,8 +31,18 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+        return
+    from ray._private.services import find_gcs_addresses
+
+    others = find_gcs_addresses()
+    if others:
+        # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
+        # and workers of early-stopped trials are never freed. Joining is the safe default.
+        print(f"[raykd] joining the Ray instance already running here ({others[0]}); "
+              "pass --address to choose another", flush=True)
+        ray.init(address=others[0], log_to_driver=True)
+        return
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def build_trainer(
@@ -92,6 +103,10 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
         # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
         run_name = cached_teacher_dir(exp, name).name
         result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path)
+        outcome = result.return_value or {}
+        if outcome.get("diverged") or result.checkpoint is None:
+            why = outcome.get("diverged") or "no checkpoint was written"
+            raise ConfigError(exp.source, f"teachers.{name}.train", f"teacher training failed: {why} (try a lower lr)")
 
         def publish(tmp: Path, result=result) -> None:
             with result.checkpoint.as_directory() as d:
