@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None):
 
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
+    from raykd.search.runner import overhead
+
     print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
-          f"({100 * (1 - outcome.train_s / max(outcome.wall_s, 1e-9)):.0f}% outside training/eval steps)")
+          f"({100 * overhead(space, outcome.wall_s, outcome.train_s):.0f}% of trial slots outside training/eval steps)")
     for t in outcome.trials:
         status = f"error: {t['error']}" if t["error"] else f"epochs {t['epoch']}  {space.metric} {t['bbox_mAP']}"
         print(f"  trial {t['trial_id']}: {status}")

@@ -187,11 +187,18 @@ def run_search(
         tracker.log_file(parent, results_dir / BEST_FILE)
         tracker.set_tags(parent, {"raykd.best_trial_id": best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
-    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": 1 - train_s / max(wall, 1e-9)}, 0)
+    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": overhead(space, wall, train_s)}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
     tracker.end_run(parent, "FINISHED")
-    write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s})
+    write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
+                                   "overhead_fraction": overhead(space, wall, train_s)})
     return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
+
+
+def overhead(space: SearchSpace, wall_s: float, train_s: float) -> float:
+    """Share of the search's trial slots (wall time × concurrent trials) not spent in training or
+    evaluation steps: Ray/Tune/Train start-up, MLflow, teacher loading, idle slots."""
+    return 1 - train_s / max(wall_s * space.search.max_concurrent_trials, 1e-9)
 
 
 def _new_tuner(space, trainable, results_dir, epochs, logger):

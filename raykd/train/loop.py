@@ -10,6 +10,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -38,6 +39,13 @@ STATE_FILE = "state.pth"
 
 class DivergedError(RuntimeError):
     pass
+
+
+def say(message: str) -> None:
+    """Progress line. Ray Train tees ``print`` into its logger as well, which doubles every line
+    on the driver; the process's real stdout is forwarded exactly once."""
+    sys.__stdout__.write(f"[raykd] {message}\n")
+    sys.__stdout__.flush()
 
 
 def _is_distributed() -> bool:
@@ -150,7 +158,7 @@ class Worker:
             for idx in range(first, len(self.stages)):
                 global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
         except DivergedError as err:
-            print(f"[raykd] {err}", flush=True)
+            say(str(err))
             return {"history": self.history, "diverged": str(err)}
         return {"history": self.history, "diverged": None}
 
@@ -212,10 +220,9 @@ class Worker:
                 t_step += time.perf_counter() - t_s
                 if self.rank == 0 and (n % max(ipe // 4, 1) == 0):
                     eta = (total - it) * t_step / n
-                    print(
-                        f"[raykd] {label} epoch {epoch + 1}/{epochs} iter {it}/{total} "
-                        f"loss {sums['loss'] / n:.4f} {t_step / n:.3f} s/it eta {eta / 60:.1f} min",
-                        flush=True,
+                    say(
+                        f"{label} epoch {epoch + 1}/{epochs} iter {it}/{total} "
+                        f"loss {sums['loss'] / n:.4f} {t_step / n:.3f} s/it eta {eta / 60:.1f} min"
                     )
             epoch += 1
             global_epoch += 1
@@ -232,6 +239,9 @@ class Worker:
                 eval_time=time.perf_counter() - t1,
                 stage_done=int(it >= total),
             )
+            if self.rank == 0:
+                say(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
+                    f"loss {metrics.get('loss', float('nan')):.4f} (train {train_time:.0f} s, eval {metrics['eval_time']:.0f} s)")
             self._report(metrics, stage_idx, epoch, global_epoch, it, distiller, optimizers, it >= total)
         return global_epoch
 
