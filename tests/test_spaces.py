@@ -71,3 +71,18 @@ def test_joint_choice_only_offers_valid_pairs(tmp_path, values):
         "num_heads": {"type": "choice", "values": [4, *values], "divides": "hidden_dim"}}})
     for _, m in sample(space, 30):
         assert m.params["hidden_dim"] % m.params["num_heads"] == 0
+
+
+@pytest.mark.parametrize("name", ["icd", "frs", "crosskd", "mtpd_order", "demo"])
+def test_shipped_spaces_parse(name):
+    from raykd.config.yamlio import load_yaml_mapping
+    from raykd.spaces.schema import SearchSpace
+
+    path = TESTS.parent / "search_spaces" / f"{name}.yaml"
+    space = SearchSpace(**load_yaml_mapping(path), source=str(path))
+    assert space.methods
+
+
+def test_demo_space_loads_against_the_demo_experiment():
+    space = load_space(TESTS.parent / "search_spaces" / "demo.yaml")
+    assert space.search.num_samples >= 8 and set(space.methods) == {"feature", "icd", "mtpd"}
