@@ -11,6 +11,11 @@ import torch
 TESTS = Path(__file__).parent
 TINY = TESTS / "data" / "tiny.yaml"
 
+# Narrow detector parts for building extra test detectors beside the tiny experiment's.
+SCRATCH = {"frozen_stages": -1, "norm_eval": False, "init_cfg": None, "depth": 18, "base_channels": 8}
+NECK = {"in_channels": [8, 16, 32, 64], "out_channels": 32}
+GN_HEAD = {"num_classes": 4, "in_channels": 32, "feat_channels": 32, "norm_cfg": {"type": "GN", "num_groups": 8}}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):

@@ -1,19 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build, kd_step
+from conftest import GN_HEAD, NECK, SCRATCH, build, kd_step
 
 from raykd.distill import get_method
 from raykd.models.builder import build_detector, freeze
-
-SCRATCH = {"frozen_stages": -1, "norm_eval": False, "init_cfg": None, "depth": 18, "base_channels": 8}
-NECK = {"in_channels": [8, 16, 32, 64], "out_channels": 32}
-GN_HEAD = {
-    "num_classes": 4,
-    "in_channels": 32,
-    "feat_channels": 32,
-    "norm_cfg": {"type": "GN", "num_groups": 8},
-}
 
 
 def make(student, teachers, teacher="big", **params):

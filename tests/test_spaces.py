@@ -5,8 +5,8 @@ import itertools
 import optuna
 import pytest
 import yaml
-
 from conftest import TESTS
+
 from raykd.spaces import define_by_run, load_space, trial_method
 from raykd.spaces.schema import Order
 

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.necks import dense_head
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,6 @@ _HEADS = {
     "GFLHead": _HeadSpec("gfl_cls", "gfl_reg", True, "kl", 3, 1.0, 4.0),
     "FCOSHead": _HeadSpec("conv_cls", "conv_reg", True, "iou", 2, 0.4, 0.75),
 }
-
-
-def dense_head(detector: nn.Module, role: str) -> tuple[nn.Module, str]:
-    head = getattr(detector, "bbox_head", None)
-    if head is not None:
-        for klass in type(head).__mro__:
-            if klass.__name__ in _HEADS:
-                return head, klass.__name__
-    what = type(head).__name__ if head is not None else "no single-stage dense head"
-    raise ValueError(
-        f"crosskd does not support the {role} {type(detector).__name__} ({what}); "
-        f"supported heads: {', '.join(_HEADS)}"
-    )
 
 
 def _run_until(convs: nn.ModuleList, x: Tensor, index: int) -> Tensor:
@@ -102,8 +90,8 @@ class CrossKD(Distiller):
     def __init__(self, student, teachers, params: CrossKDParams, teacher):
         super().__init__(student, teachers, params, teacher)
         self.student = [student]  # a list keeps the student out of this module's state_dict
-        s_head, kind = dense_head(student, "student")
-        t_head, t_kind = dense_head(self.teacher, f"teacher {teacher!r}")
+        s_head, kind = dense_head(student, _HEADS, "crosskd (student)")
+        t_head, t_kind = dense_head(self.teacher, _HEADS, f"crosskd (teacher {teacher!r})")
         if type(s_head) is not type(t_head):
             raise ValueError(
                 f"crosskd needs the same head type in student and teacher: student has "

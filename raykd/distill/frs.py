@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
-from raykd.distill.necks import neck_channels
+from raykd.distill.necks import dense_head, neck_channels
 
 
 def _stacked_then(predictor: str) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -54,19 +54,9 @@ _HEADS: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], str, tuple[float,
 }
 
 
-def dense_head(detector: nn.Module) -> tuple[nn.Module, str]:
-    """(the head FRS reads, its kind in ``_HEADS``): ``bbox_head`` of one-stage, ``rpn_head`` of two-stage."""
-    head = getattr(detector, "bbox_head", None)
-    if head is None:
-        head = getattr(detector, "rpn_head", None)
-    if head is not None:
-        for klass in type(head).__mro__:
-            if klass.__name__ in _HEADS:
-                return head, klass.__name__
-    what = type(head).__name__ if head is not None else "no dense head"
-    raise ValueError(
-        f"frs does not support {type(detector).__name__} ({what}); supported heads: {', '.join(_HEADS)}"
-    )
+def _frs_head(detector: nn.Module):
+    """The head FRS reads: ``bbox_head`` of one-stage detectors, ``rpn_head`` of two-stage ones."""
+    return dense_head(detector, _HEADS, "frs", attrs=("bbox_head", "rpn_head"))
 
 
 class FRSParams(MethodParams):
@@ -83,8 +73,8 @@ class FRS(Distiller):
     def __init__(self, student, teachers, params: FRSParams, teacher):
         super().__init__(student, teachers, params, teacher)
         self.student = [student]  # a list keeps the student out of this module's state_dict
-        s_head, s_kind = dense_head(student)
-        t_head, t_kind = dense_head(self.teacher)
+        s_head, s_kind = _frs_head(student)
+        t_head, t_kind = _frs_head(self.teacher)
         s_ch, s_levels = neck_channels(student)
         t_ch, t_levels = neck_channels(self.teacher)
         if s_levels != t_levels:
@@ -116,8 +106,8 @@ class FRS(Distiller):
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         t_feats = step.teacher_feats(self.teacher_name)
-        s_head, _ = dense_head(self.student[0])
-        t_head, _ = dense_head(self.teacher)
+        s_head, _ = _frs_head(self.student[0])
+        t_head, _ = _frs_head(self.teacher)
         loss_feat = loss_cls = step.student_feats[0].new_zeros((), dtype=torch.float32)
         for adapter, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True):
             with torch.no_grad():

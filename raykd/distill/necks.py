@@ -11,3 +11,17 @@ def neck_channels(detector: nn.Module) -> tuple[int, int]:
     if neck is None or not hasattr(neck, "out_channels"):
         raise ValueError(f"{type(detector).__name__} has no FPN-like neck to distil from")
     return int(neck.out_channels), int(neck.num_outs)
+
+
+def dense_head(detector: nn.Module, supported: dict, method: str, attrs: tuple[str, ...] = ("bbox_head",)):
+    """(head, its class name in ``supported``): the first of ``attrs`` a detector has, matched by
+    class or base class so subclasses of a supported head work too."""
+    head = next((getattr(detector, a) for a in attrs if getattr(detector, a, None) is not None), None)
+    if head is not None:
+        for klass in type(head).__mro__:
+            if klass.__name__ in supported:
+                return head, klass.__name__
+    what = type(head).__name__ if head is not None else "no dense head"
+    raise ValueError(
+        f"{method} does not support {type(detector).__name__} ({what}); supported heads: {', '.join(supported)}"
+    )

@@ -12,18 +12,6 @@ from raykd.config.yamlio import load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
 
-class LogUniform(Strict):
-    type: Literal["loguniform"]
-    low: Annotated[float, Field(gt=0)]
-    high: float
-
-    @model_validator(mode="after")
-    def _bounds(self):
-        if self.high <= self.low:
-            raise ValueError(f"high must be > low (got low={self.low}, high={self.high})")
-        return self
-
-
 class Uniform(Strict):
     type: Literal["uniform"]
     low: float
@@ -34,6 +22,11 @@ class Uniform(Strict):
         if self.high <= self.low:
             raise ValueError(f"high must be > low (got low={self.low}, high={self.high})")
         return self
+
+
+class LogUniform(Uniform):
+    type: Literal["loguniform"]
+    low: Annotated[float, Field(gt=0)]
 
 
 class IntRange(Strict):
