@@ -95,3 +95,17 @@ def test_checkpoint_that_does_not_match_the_config_is_a_config_error(exp, tmp_pa
 
     with pytest.raises(ConfigError, match="does not match the config"):
         load_weights(build(exp.student), path)
+
+
+def test_run_cli_prints_a_table_and_writes_metrics(exp, tmp_path, capsys):
+    import json
+
+    from raykd.run import main
+
+    summary = main([str(TINY), "--method", "feature", "--set", "lambda=0.5", "--workers", "0",
+                    "--schedule", "2", "--out", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["final"] == summary["final"] and set(written["final"]) == set(METRIC_NAMES)
+    assert [h["epoch"] for h in written["history"]] == [1, 2]
+    out = capsys.readouterr().out
+    assert "teacher big" in out and "student (feature)" in out and "AP50" in out
