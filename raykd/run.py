@@ -16,6 +16,7 @@ from raykd.config.run import validate_method
 from raykd.errors import exits_cleanly
 from raykd.eval.coco import METRIC_NAMES
 from raykd.report import metrics_table
+from raykd.train.checks import check_pairings, method_pairs
 from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
 from raykd.train.stages import plan_stages
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     exp = load_experiment(args.experiment)
     method = MethodSpec(name=args.method, params=parse_sets(args.sets), teacher=args.teacher)
     validate_method(method, exp, "command line", prefix="--method")
+    check_pairings(exp, method_pairs(method.name, method.params, method.teacher, exp.teacher_names),
+                   "command line", "--method")
     spec = RunSpec(
         experiment=exp,
         method=method,

@@ -91,3 +91,12 @@ def test_paper_experiment_names_its_missing_checkpoint():
     with pytest.raises(ConfigError) as info:
         load_experiment(Path(__file__).parents[1] / "experiments" / "coco_retinanet_r101_r50.yaml")
     assert "coco_retinanet_r101_r50.yaml" in info.value.line()
+
+
+def test_method_that_cannot_pair_student_and_teacher_is_rejected_up_front(tmp_path):
+    # A teacher with 4 FPN levels against the student's 5: no 1x1 adapter bridges that.
+    path = write_variant(tmp_path, lambda d: d["teachers"]["big"]["overrides"]["neck"].update(num_outs=4))
+    proc = subprocess.run([sys.executable, "-m", "raykd.run", str(path), "--method", "feature", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--method" in proc.stderr and "FPN levels" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "o").exists()

@@ -174,7 +174,10 @@ def _check_samples(space: SearchSpace) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    from raykd.train.checks import check_pairings, method_pairs
+
     sample = define_by_run(space)
+    pairs: dict = {}
     for _ in range(16):
         trial = study.ask()
         sample(trial)
@@ -184,7 +187,10 @@ def _check_samples(space: SearchSpace) -> None:
         except ConfigError as err:
             key = err.key.replace(f"params.{method.name}.params.", f"params.{method.name}.")
             raise ConfigError(space.source, key, err.message) from None
+        for base, params, teacher in method_pairs(method.name, method.params, method.teacher, space.exp.teacher_names):
+            pairs.setdefault((base, teacher), (base, params, teacher))
         study.tell(trial, 0.0)
+    check_pairings(space.exp, list(pairs.values()), space.source, "method")
 
 
 def load_space(path: str | Path) -> SearchSpace:
