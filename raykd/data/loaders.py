@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +67,9 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
             meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction"),
         )
     )
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+    from raykd.eval.coco import silenced
+
+    with silenced():  # pycocotools prints while indexing
         return CocoDataset(
             data_root="",
             ann_file=str(split.ann_file),

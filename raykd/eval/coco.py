@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 from collections.abc import Sequence
@@ -13,6 +14,19 @@ from pycocotools.cocoeval import COCOeval
 
 # The first six COCOeval stats, under mmdet's names (what `metric:` in a search space refers to).
 METRIC_NAMES = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l")
+
+
+@contextlib.contextmanager
+def silenced():
+    """Mute pycocotools' prints. Redirecting stdout is not enough inside Ray Train workers, whose
+    patched ``print`` also copies every line into the log."""
+    saved = builtins.print
+    builtins.print = lambda *args, **kwargs: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        builtins.print = saved
 
 
 def detections_to_coco(data_samples: Sequence, cat_ids: Sequence[int]) -> list[dict]:
@@ -58,7 +72,7 @@ def coco_metrics(gt: COCO, detections: list[dict], image_ids: set[int] | None = 
     """COCO bbox AP figures. Undefined figures (no GT in a size range) are reported as -1, as pycocotools does."""
     if not detections:
         return dict.fromkeys(METRIC_NAMES, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with silenced():
         dt = gt.loadRes(detections)
         ev = COCOeval(gt, dt, iouType="bbox")
         if image_ids is not None:
@@ -71,5 +85,5 @@ def coco_metrics(gt: COCO, detections: list[dict], image_ids: set[int] | None = 
 
 
 def load_gt(ann_file) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
+    with silenced():
         return COCO(str(ann_file))
