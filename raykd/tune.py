@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None):
     if outcome.interrupted:
         print(f"search interrupted; nothing is lost. Resume with:\n  python -m raykd.tune --resume {outcome.results_dir}")
         raise SystemExit(130)
-    _print_summary(space, outcome, args.tracking_uri or uri or space.exp.tracking_uri)
+    from raykd.tracking.store import absolute_uri
+
+    _print_summary(space, outcome, absolute_uri(args.tracking_uri or uri or space.exp.tracking_uri))
     return outcome
 
 
@@ -74,8 +76,8 @@ def _print_summary(space, outcome, uri: str) -> None:
     print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
           f"({100 * overhead(space, outcome.wall_s, outcome.train_s):.0f}% of trial slots outside training/eval steps)")
     for t in outcome.trials:
-        status = f"error: {t['error']}" if t["error"] else f"epochs {t['epoch']}  {space.metric} {t['bbox_mAP']}"
-        print(f"  trial {t['trial_id']}: {status}")
+        status = f"error: {t['error']}" if t["error"] else f"epochs {t['epoch']}  {space.metric} {t['score']:.4f}"
+        print(f"  trial {t['trial_id']} ({t['method']}): {status}")
     best = outcome.best
     if best is None:
         print("no trial finished; nothing to promote")

@@ -173,7 +173,7 @@ def run_search(
     interrupted = grid.num_terminated + grid.num_errors < space.search.num_samples
     wall = time.perf_counter() - t0
     train_s = sum(_train_seconds(r) for r in grid)
-    trials = [_trial_row(r) for r in grid]
+    trials = [_trial_row(space, r) for r in grid]
     logger = _callback_of(tuner, logger)
     if interrupted:
         logger.mark_unfinished("KILLED")
@@ -259,10 +259,15 @@ def _train_seconds(result) -> float:
     return float(df["train_time"].sum() + df.get("eval_time", 0).sum())
 
 
-def _trial_row(result) -> dict[str, Any]:
+def _trial_row(space: SearchSpace, result) -> dict[str, Any]:
+    from raykd.spaces.sampling import trial_method
+
     m = result.metrics or {}
-    return {"trial_id": m.get("trial_id"), "epoch": m.get("epoch"), "bbox_mAP": m.get("bbox_mAP"),
-            "error": str(result.error).splitlines()[0][:200] if result.error else None, "config": result.config}
+    # A trial that failed before its first report has no metrics; its folder (run_trial_<id>_...) names it.
+    trial_id = m.get("trial_id") or Path(result.path).name.split("_")[2]
+    return {"trial_id": trial_id, "epoch": m.get("epoch"),
+            "score": m.get(space.metric, float("nan")), "method": trial_method(space, result.config).name,
+            "error": str(result.error).strip().splitlines()[-1][:200] if result.error else None}
 
 
 def _best(space, grid, epochs, tracking: MlflowRef, logger) -> TrialConfig | None:
