@@ -51,3 +51,14 @@ def test_negative_lambda_is_rejected():
 
     key, msg = check_method("feature", {"lambda": -1}, None, ["big"])
     assert key == "params.lambda" and "greater than or equal" in msg
+
+
+@pytest.mark.parametrize("name", ["feature", "frs", "crosskd", "icd"])
+def test_no_method_owns_the_student_or_the_teacher(student, teachers, name):
+    cls = get_method(name)
+    params = {"hidden_dim": 32, "num_heads": 4} if name == "icd" else {}
+    method = cls(student, teachers, cls.Params(**params), "big")
+    assert method.student is student
+    keys = set(method.state_dict())
+    assert not keys & {f"student.{k}" for k in student.state_dict()}
+    assert not any(k.startswith(("student.", "_refs", "_teachers", "teacher.")) for k in keys)

@@ -48,8 +48,14 @@ class Distiller(nn.Module, ABC):
         super().__init__()
         self.params = params
         self.teacher_name = teacher
-        # A plain dict is not registered by nn.Module: teachers stay out of state_dict() and parameters().
+        # Plain dicts are not registered by nn.Module: the teachers and the student stay out of
+        # this module's state_dict() and parameters() (the student is saved on its own).
         self._teachers = dict(teachers)
+        self._refs = {"student": student}
+
+    @property
+    def student(self) -> nn.Module:
+        return self._refs["student"]
 
     @property
     def teacher(self) -> nn.Module:

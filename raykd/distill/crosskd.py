@@ -89,7 +89,6 @@ class CrossKD(Distiller):
 
     def __init__(self, student, teachers, params: CrossKDParams, teacher):
         super().__init__(student, teachers, params, teacher)
-        self.student = [student]  # a list keeps the student out of this module's state_dict
         s_head, kind = dense_head(student, _HEADS, "crosskd (student)")
         t_head, t_kind = dense_head(self.teacher, _HEADS, f"crosskd (teacher {teacher!r})")
         if type(s_head) is not type(t_head):
@@ -202,7 +201,7 @@ class CrossKD(Distiller):
     # ---- the losses --------------------------------------------------------------------------
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
-        s_head, t_head, k = self.student[0].bbox_head, self.teacher.bbox_head, self.index
+        s_head, t_head, k = self.student.bbox_head, self.teacher.bbox_head, self.index
         t_feats = step.teacher_feats(self.teacher_name)
         n_cls, n_reg = s_head.cls_out_channels, s_head.num_base_priors
         cross_cls, cross_reg, t_cls, t_reg = [], [], [], []

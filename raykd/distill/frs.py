@@ -72,7 +72,6 @@ class FRS(Distiller):
 
     def __init__(self, student, teachers, params: FRSParams, teacher):
         super().__init__(student, teachers, params, teacher)
-        self.student = [student]  # a list keeps the student out of this module's state_dict
         s_head, s_kind = _frs_head(student)
         t_head, t_kind = _frs_head(self.teacher)
         s_ch, s_levels = neck_channels(student)
@@ -106,7 +105,7 @@ class FRS(Distiller):
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         t_feats = step.teacher_feats(self.teacher_name)
-        s_head, _ = _frs_head(self.student[0])
+        s_head, _ = _frs_head(self.student)
         t_head, _ = _frs_head(self.teacher)
         loss_feat = loss_cls = step.student_feats[0].new_zeros((), dtype=torch.float32)
         for adapter, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True):
