@@ -15,7 +15,7 @@ METHODS: dict[str, dict] = {
     "icd": {},
     "frs": {},
     "crosskd": {},
-    "mtpd": {"order": ["retina_r34_w32", "retina_r18_w32"]},
+    "mtpd": {"order": ["gfl_r34_w32", "gfl_r18_w32"]},
 }
 
 

@@ -13,6 +13,7 @@ import statistics
 
 from benchmarks.common import DEMO, METHODS, OUT, save
 from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config.run import validate_method
 from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
 
 
@@ -31,6 +32,7 @@ def main() -> None:
             key = f"{name}/seed{seed}"
             if key in done:
                 continue
+            validate_method(MethodSpec(name=name, params=METHODS[name]), exp, "benchmarks/common.py", f"METHODS.{name}")
             spec = RunSpec(
                 experiment=exp,
                 method=MethodSpec(name=name, params=METHODS[name]),
