@@ -94,7 +94,7 @@ def test_best_yaml_matches_the_best_child(asha_search):
     assert best.mlflow.run_id == winner.info.run_id
     assert parents[0].data.tags["raykd.best_trial_id"] == best.trial_id
     assert best.metrics["bbox_mAP"] == pytest.approx(winner.data.metrics["bbox_mAP"])
-    logged = yaml.safe_load(c.download_artifacts(winner.info.run_id, "trial_config.yaml"))
+    logged = yaml.safe_load(Path(c.download_artifacts(winner.info.run_id, "trial_config.yaml")).read_text())
     assert logged["method"] == best.method.model_dump(exclude_none=True)
 
 

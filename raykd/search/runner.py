@@ -169,8 +169,7 @@ def run_search(
     else:
         tuner = _new_tuner(space, trainable, results_dir, epochs, logger)
     grid = tuner.fit()
-    # Tune answers Ctrl-C/SIGTERM by saving its state and returning early: fewer ended trials.
-    interrupted = grid.num_terminated + grid.num_errors < space.search.num_samples
+    interrupted = _was_interrupted(grid, space.search.num_samples)
     wall = time.perf_counter() - t0
     train_s = sum(_train_seconds(r) for r in grid)
     trials = [_trial_row(space, r) for r in grid]
@@ -193,6 +192,14 @@ def run_search(
     write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
                                    "overhead_fraction": overhead(space, wall, train_s)})
     return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
+
+
+def _was_interrupted(grid, num_samples: int) -> bool:
+    """Tune answers Ctrl-C/SIGTERM by saving its state and returning early, leaving trials that are
+    not TERMINATED/ERROR (or never created). ResultGrid exposes no status, so the trials are read
+    from its analysis object; an interrupted trial may also have no result files at all."""
+    trials = grid._experiment_analysis.trials
+    return len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def overhead(space: SearchSpace, wall_s: float, train_s: float) -> float:
@@ -265,8 +272,9 @@ def _trial_row(space: SearchSpace, result) -> dict[str, Any]:
     m = result.metrics or {}
     # A trial that failed before its first report has no metrics; its folder (run_trial_<id>_...) names it.
     trial_id = m.get("trial_id") or Path(result.path).name.split("_")[2]
+    method = trial_method(space, result.config).name if result.config else "?"
     return {"trial_id": trial_id, "epoch": m.get("epoch"),
-            "score": m.get(space.metric, float("nan")), "method": trial_method(space, result.config).name,
+            "score": m.get(space.metric, float("nan")), "method": method,
             "error": str(result.error).strip().splitlines()[-1][:200] if result.error else None}
 
 
