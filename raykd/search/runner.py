@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,26 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
+def _keyboard_interrupt(sig, frame):
+    raise KeyboardInterrupt
+
+
+def _mark_sigint() -> None:
+    """Install a known SIGINT handler before Tune runs. Tune replaces it with its own and puts the
+    previous one back only when a stop signal arrives, so finding ours again afterwards means the
+    search was interrupted (Tune marks the stopped trials TERMINATED, so statuses cannot tell)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _keyboard_interrupt)
+
+
+def _interrupted_by_signal() -> bool:
+    return (
+        threading.current_thread() is threading.main_thread()
+        and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+        and signal.getsignal(signal.SIGINT) is _keyboard_interrupt
+    )
+
+
 def run_search(
     space: SearchSpace,
     results_dir: Path,
@@ -168,8 +189,9 @@ def run_search(
                                    restart_errored=False)
     else:
         tuner = _new_tuner(space, trainable, results_dir, epochs, logger)
+    _mark_sigint()
     grid = tuner.fit()
-    interrupted = _was_interrupted(grid, space.search.num_samples)
+    interrupted = _interrupted_by_signal() or _was_interrupted(grid, space.search.num_samples)
     wall = time.perf_counter() - t0
     train_s = sum(_train_seconds(r) for r in grid)
     trials = [_trial_row(space, r) for r in grid]
