@@ -151,6 +151,10 @@ class Worker:
         Ray Train does not retry it as if a worker had been lost."""
         state = self._restore()
         self.history = list(state.get("history", [])) if state else []
+        # After a restart, report the epochs the checkpoint already holds again: the driver may have
+        # been stopped before it recorded them (MLflow skips steps it already has).
+        for metrics in self.history:
+            ray.train.report(metrics, checkpoint=None)
         first = state["stage"] if state else 0
         global_epoch = state["global_epoch"] if state else 0
         resume = state if state and not state["stage_done"] else None
