@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -344,7 +343,3 @@ def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: S
             tracker.log_file(parent, out / name, "optuna")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. one distinct value only
             (out / f"{name}.txt").write_text(f"not plotted: {err}\n")
-
-
-def trial_summary_yaml(best: TrialConfig) -> str:
-    return yaml.safe_dump({"method": best.method.model_dump(exclude_none=True), "metrics": best.metrics}, sort_keys=False)
