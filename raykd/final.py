@@ -200,10 +200,10 @@ def _train_and_register(args, promo, spec, out: Path, tracker, run_id: str) -> d
     from raykd.tracking.registry import register_student, registered_name
     from raykd.tracking.store import TRIAL_TAG
     from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
-    from raykd.train.stages import plan_stages
+    from raykd.train.stages import stage_teachers
 
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
-    teachers = list(dict.fromkeys(s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"))
+    teachers = stage_teachers(spec)
     ensure_teachers(exp, teachers, ray_dir)
     result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
     outcome = _outcome(result)

@@ -27,7 +27,7 @@ from raykd.cli_common import parse_schedule, with_workers
 from raykd.config.experiment import Experiment, Schedule, _resolve_paths, parse_experiment
 from raykd.config.run import RunSpec, validate_method
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
-from raykd.config.yamlio import load_yaml_mapping
+from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
 # As raykd.search.runner writes them (not imported: that module pulls in Ray Tune and Optuna,
@@ -226,14 +226,13 @@ def check_schedule_arg(value: str) -> None:
 
 def trial_experiment(promo: Promotion) -> Experiment:
     """The trial's experiment file with the search space's overrides merged in, as the search saw it."""
-    from raykd.spaces.schema import _merge
 
     path = Path(promo.trial.experiment).expanduser()
     if not path.is_absolute():
         path = promo.base / path
     if not path.is_file():
         raise ConfigError(promo.source, "experiment", f"file not found: {path}")
-    data = _merge(load_yaml_mapping(path), promo.trial.overrides)
+    data = deep_merge(load_yaml_mapping(path), promo.trial.overrides)
     return parse_experiment(_resolve_paths(data, path.resolve().parent), str(path))
 
 

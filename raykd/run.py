@@ -18,7 +18,7 @@ from raykd.eval.coco import METRIC_NAMES
 from raykd.report import metrics_table
 from raykd.train.checks import check_pairings, method_pairs
 from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
-from raykd.train.stages import plan_stages
+from raykd.train.stages import stage_teachers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         resources=with_workers(exp.resources, args.workers),
     )
     out = (args.out or Path("runs") / f"{exp.name}-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    teachers = [s.method.teacher or exp.first_teacher for s in plan_stages(spec) if s.method.name != "none"]
+    teachers = stage_teachers(spec)
     ensure_teachers(exp, teachers, out / "ray")
     result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
     outcome = result.return_value or {"history": [], "diverged": None}
@@ -59,13 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(1)
     history = outcome["history"]
     final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
-    rows = {f"teacher {n}": teacher_metrics(exp, n) for n in dict.fromkeys(teachers)}
+    rows = {f"teacher {n}": teacher_metrics(exp, n) for n in teachers}
     rows[f"student ({method.name})"] = final
     print("\n" + metrics_table(rows))
     summary = {
         "final": {k: final[k] for k in METRIC_NAMES},
         "history": history,
-        "teachers": {n: teacher_metrics(exp, n) for n in dict.fromkeys(teachers)},
+        "teachers": {n: teacher_metrics(exp, n) for n in teachers},
         "spec": spec.to_dict(),
     }
     write_json_atomic(out / "metrics.json", summary)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raykd.config.yamlio import deep_merge
 from raykd.errors import ConfigError
 
 MMDET_PREFIX = "mmdet::"
@@ -60,22 +60,12 @@ def register_mmdet() -> None:
         _registered = True
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def model_cfg(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The ``model`` section of an mmdet config with overrides merged in, as a plain dict."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path(config)))
-    return _deep_merge(cfg.model.to_dict(), overrides)
+    return deep_merge(cfg.model.to_dict(), overrides)
 
 
 def build_detector(config: str, overrides: dict[str, Any], source: str = "", key: str = "") -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from raykd.config.experiment import Experiment, Resources, Schedule, Strict, parse_experiment
-from raykd.config.yamlio import load_yaml_mapping
+from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
 
@@ -116,13 +116,6 @@ class SearchSpace(Strict):
         return self.resources or self.exp.resources
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _check_params(space: SearchSpace) -> None:
     from raykd.distill.base import method_names
 
@@ -206,7 +199,7 @@ def load_space(path: str | Path) -> SearchSpace:
     exp_path = space.experiment if space.experiment.is_absolute() else (path.resolve().parent / space.experiment)
     if not exp_path.is_file():
         raise ConfigError(src, "experiment", f"file not found: {exp_path}")
-    exp_data = _merge(load_yaml_mapping(exp_path), space.overrides)
+    exp_data = deep_merge(load_yaml_mapping(exp_path), space.overrides)
     exp = parse_experiment(_resolve_paths(exp_data, exp_path.resolve().parent), str(exp_path))
     space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
     _check_params(space)

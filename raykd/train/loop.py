@@ -30,7 +30,7 @@ from raykd.distill.base import get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.model import DistillModel
-from raykd.train.stages import Stage, plan_stages, stage_iters
+from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
 
 STUDENT_FILE = "student.pth"
@@ -96,12 +96,8 @@ class Worker:
         self.teachers = self._load_teachers()
 
     def _load_teachers(self) -> dict[str, nn.Module]:
-        names = []
-        for stage in self.stages:
-            if get_method(stage.method.name).uses_teacher:
-                names.append(stage.method.teacher or self.exp.first_teacher)
         teachers = {}
-        for name in dict.fromkeys(names):
+        for name in stage_teachers(self.spec):
             t = self.exp.teachers[name]
             model = build_detector(t.config, t.overrides, self.exp.source, f"teachers.{name}")
             load_weights(model, teacher_checkpoint(self.exp, name), self.exp.source, f"teachers.{name}.checkpoint")

@@ -23,6 +23,15 @@ def plan_stages(spec: RunSpec) -> list[Stage]:
     return [Stage(spec.method, spec.schedule)]
 
 
+def stage_teachers(spec: RunSpec) -> list[str]:
+    """The teachers a run's stages distil from, each once, in stage order."""
+    from raykd.distill.base import get_method
+
+    exp = spec.experiment
+    names = [s.method.teacher or exp.first_teacher for s in plan_stages(spec) if get_method(s.method.name).uses_teacher]
+    return list(dict.fromkeys(names))
+
+
 def stage_iters(schedule: Schedule, iters_per_epoch: int) -> tuple[int, int]:
     """(total iterations, number of epochs) of a stage."""
     if schedule.iters is not None:
