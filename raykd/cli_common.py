@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -42,12 +38,3 @@ def with_workers(resources: Resources, workers: int | None) -> Resources:
     if workers < 0:
         raise ConfigError("--workers", "", f"must be >= 0 (got {workers})")
     return resources.model_copy(update={"workers": workers})
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)

@@ -8,17 +8,25 @@ Example: ``python -m raykd.final runs/search-demo-20250101-120000``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from raykd.cli_common import write_json_atomic
 from raykd.errors import ConfigError, exits_cleanly
+from raykd.files import write_json_atomic
+from raykd.final_run import (
+    CONFIG_FILE,
+    STATE_FILE,
+    SUMMARY_FILE,
+    Diverged,
+    check_out,
+    run_params,
+    schedule_text,
+    train_and_register,
+)
 from raykd.promote import (
     build_spec,
     check_checkpoint,
@@ -27,12 +35,8 @@ from raykd.promote import (
     latest_checkpoint,
     resolve_input,
 )
-
-STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
-CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
-SUMMARY_FILE = "final.json"
-STUDENT_FILE = "student.pth"
-FAILURE_TAG = "raykd.failure_reason"
+from raykd.tracking.store import FAILURE_TAG, KIND_TAG, TRIAL_TAG
+from raykd.train.layout import STUDENT_FILE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,78 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _schedule_text(schedule) -> str:
-    return f"{schedule.epochs} epochs" if schedule.epochs is not None else f"{schedule.iters} iters"
-
-
-def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            d = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
-            if d is not None:
-                return d
-        return None
-    return None if a == b else (key or "(root)")
-
-
-def _check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The saved state of a final run in ``out`` (with --resume), after checking it is this one."""
-    state_path, run_dir = out / STATE_FILE, out / "ray" / run_name
-    if not resume:
-        if state_path.exists() or run_dir.exists():
-            raise ConfigError(str(out), "--out", "already holds a final run (add --resume to continue it, "
-                              "or choose another --out)")
-        return None
-    if not state_path.is_file():
-        raise ConfigError(str(out), "--resume", f"no final run to resume here (no {STATE_FILE})")
-    state = json.loads(state_path.read_text())
-    if state.get("status") == "finished":
-        raise ConfigError(str(out), "--resume", f"this final run already finished (see {out / SUMMARY_FILE})")
-    saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
-    if saved is not None:
-        diff = _first_difference(saved.get("spec"), config["spec"])
-        if diff is not None:
-            raise ConfigError(str(out / CONFIG_FILE), f"spec.{diff}", "differs from this command's configuration; "
-                              "resume with the same INPUT and options")
-    return state
-
-
-def _params(spec, trial) -> dict[str, Any]:
-    exp = spec.experiment
-    return {
-        "trial_id": trial.trial_id,
-        "experiment": exp.name,
-        "experiment_file": str(trial.experiment),
-        "method": spec.method.name,
-        "teacher": spec.method.teacher or "",
-        "method_params": spec.method.params,
-        "seed": spec.seed,
-        "schedule": spec.schedule.model_dump(exclude_none=True),
-        "resources": spec.resources.model_dump(),
-        "optim": exp.optim.model_dump(),
-        "dataset": exp.dataset.model_dump(mode="json"),
-        "overrides": trial.overrides,
-        "init_checkpoint": spec.init_checkpoint or "",
-        "search_schedule": trial.schedule.model_dump(exclude_none=True),
-    }
-
-
-def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: str = "") -> None:
-    done = tracker.last_step(run_id, f"{prefix}bbox_mAP")  # a resumed run logs only the new epochs
-    for h in history:
-        step = int(h.get("epoch", 0))
-        if step > done:
-            tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in h.items() if k != "epoch"}, step)
-
-
-def _outcome(result) -> dict[str, Any]:
-    return result.return_value or {"history": [], "diverged": None}
-
-
-class _Diverged(Exception):
-    pass
-
-
 @exits_cleanly
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
@@ -142,12 +74,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_name = f"final-{trial.trial_id}"
     out = (args.out or default_out(promo)).expanduser().resolve()
     config = {"trial": trial.model_dump(mode="json", exclude_none=True), "spec": spec.to_dict()}
-    state = _check_out(out, run_name, config, args.resume)
+    state = check_out(out, run_name, config, args.resume)
     if state is not None and (ckpt := latest_checkpoint(out / "ray" / run_name)) is not None:
         check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
     uri = args.tracking_uri or (state or {}).get("tracking_uri") or promo.tracking_uri or exp.tracking_uri
 
-    from raykd.tracking.store import KIND_TAG, TRIAL_TAG, Tracker
+    from raykd.tracking.store import Tracker
 
     tracker = Tracker(uri, "--tracking-uri")
 
@@ -164,14 +96,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if trial.mlflow and trial.mlflow.run_id:
             tags["raykd.search_trial_run_id"] = trial.mlflow.run_id
         run_id = tracker.start_run(exp.name, run_name, tags)
-        tracker.log_params(run_id, _params(spec, trial))
+        tracker.logrun_params(run_id, run_params(spec, trial))
     state = {"run_id": run_id, "tracking_uri": uri, "status": "running", "trial_id": trial.trial_id}
     write_json_atomic(out / STATE_FILE, state)
-    print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {_schedule_text(spec.schedule)}, "
+    print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}, "
           f"seed {spec.seed}) -> {out}", flush=True)
     try:
-        summary = _train_and_register(args, promo, spec, out, tracker, run_id)
-    except _Diverged as err:
+        summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline)
+    except Diverged as err:
         tracker.set_tags(run_id, {FAILURE_TAG: str(err)[:250]})
         tracker.end_run(run_id, "FAILED")
         write_json_atomic(out / STATE_FILE, {**state, "status": "diverged"})
@@ -190,81 +122,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json_atomic(out / STATE_FILE, {**state, "status": "finished"})
     print(f"\nregistered model: {summary['model']['name']} version {summary['model']['version']} ({uri})")
     print(f"summary written to {out / SUMMARY_FILE}")
-    return summary
-
-
-def _train_and_register(args, promo, spec, out: Path, tracker, run_id: str) -> dict[str, Any]:
-    from raykd.config import MethodSpec
-    from raykd.eval.coco import METRIC_NAMES
-    from raykd.report import metrics_table
-    from raykd.tracking.registry import register_student, registered_name
-    from raykd.tracking.store import TRIAL_TAG
-    from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
-    from raykd.train.stages import stage_teachers
-
-    trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
-    teachers = stage_teachers(spec)
-    ensure_teachers(exp, teachers, ray_dir)
-    result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
-    outcome = _outcome(result)
-    _log_history(tracker, run_id, outcome["history"])
-    if outcome["diverged"]:
-        raise _Diverged(outcome["diverged"])
-    history = outcome["history"]
-    final = dict(history[-1] if history else result.metrics)
-    final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
-    last_epoch = int(final.get("epoch", 0))
-    with result.checkpoint.as_directory() as d:
-        shutil.copy(Path(d) / STUDENT_FILE, out / STUDENT_FILE)
-    tracker.log_file(run_id, out / STUDENT_FILE)
-    tracker.log_file(run_id, out / CONFIG_FILE)
-
-    baseline = None
-    if args.baseline:
-        base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
-        base = _outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
-        if base["diverged"] or not base["history"]:
-            print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
-        else:
-            baseline = {k: float(v) for k, v in base["history"][-1].items() if k in METRIC_NAMES}
-            tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline.items()}, last_epoch)
-
-    name = registered_name(exp)
-    description = (
-        f"{spec.method.name} distillation of {exp.name} (trial {trial.trial_id}), {_schedule_text(spec.schedule)}, "
-        f"seed {spec.seed}: val bbox_mAP {final_metrics.get('bbox_mAP', float('nan')):.4f}"
-        + (f" (search fidelity {trial.metrics['bbox_mAP']:.4f})" if "bbox_mAP" in trial.metrics else "")
-    )
-    version = register_student(
-        tracker.uri, run_id, exp, out / STUDENT_FILE, final_metrics,
-        tags={TRIAL_TAG: trial.trial_id, "raykd.method": spec.method.name, "raykd.run_id": run_id},
-        description=description, step=last_epoch,
-    )
-    tracker.set_tags(run_id, {"raykd.registered_model": name, "raykd.registered_version": version.version})
-
-    teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
-    rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
-    rows[f"trial {trial.trial_id} at search fidelity ({_schedule_text(trial.schedule)})"] = trial.metrics
-    rows[f"final student ({spec.method.name}, {_schedule_text(spec.schedule)})"] = final_metrics
-    if baseline is not None:
-        rows["student only (none)"] = baseline
-    print("\n" + metrics_table(rows))
-
-    summary = {
-        "final": final_metrics,
-        "history": history,
-        "trial_id": trial.trial_id,
-        "search_metrics": trial.metrics,
-        "teachers": teacher_rows,
-        "baseline": baseline,
-        "model": {"name": name, "version": str(version.version)},
-        "run_id": run_id,
-        "tracking_uri": tracker.uri,
-        "search_parent_run_id": promo.parent_run_id,
-        "spec": spec.to_dict(),
-    }
-    write_json_atomic(out / SUMMARY_FILE, summary)
-    tracker.log_file(run_id, out / SUMMARY_FILE)
     return summary
 
 

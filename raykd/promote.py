@@ -24,21 +24,21 @@ import yaml
 from pydantic import ValidationError
 
 from raykd.cli_common import parse_schedule, with_workers
-from raykd.config.experiment import Experiment, Schedule, _resolve_paths, parse_experiment
+from raykd.config.experiment import (
+    DEFAULT_TRACKING_URI,
+    Experiment,
+    Schedule,
+    _resolve_paths,
+    parse_experiment,
+)
 from raykd.config.run import RunSpec, validate_method
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
+from raykd.search.layout import BEST_FILE, STATE_FILE
+from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
+from raykd.train.layout import STUDENT_FILE
 
-# As raykd.search.runner writes them (not imported: that module pulls in Ray Tune and Optuna,
-# and a wrong argument should fail in a second).
-STATE_FILE = "search.json"
-BEST_FILE = "best.yaml"
-TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"
-KIND_TAG = "raykd.kind"
-TRIAL_TAG = "raykd.trial_id"
-BEST_TRIAL_TAG = "raykd.best_trial_id"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -115,8 +115,6 @@ def _from_trial_file(path: Path, trial_id: str | None, tracking_uri: str | None)
 
 def _tracker(uri: str):
     """A Tracker on an existing store: looking a run up must not create an empty database."""
-    from raykd.tracking.store import Tracker
-
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).expanduser().is_file():
         raise ConfigError("--tracking-uri", "", f"{uri}: no such MLflow database (give the search's tracking URI)")
     return Tracker(uri, "--tracking-uri")
@@ -291,7 +289,7 @@ def check_checkpoint(exp: Experiment, path: Path, source: str) -> None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest Ray Train checkpoint folder of a run (what a resumed run restarts from)."""
-    dirs = [p for p in run_dir.glob("checkpoint_*") if (p / "student.pth").is_file()]
+    dirs = [p for p in run_dir.glob("checkpoint_*") if (p / STUDENT_FILE).is_file()]
     return max(dirs, key=lambda p: p.stat().st_mtime) if dirs else None
 
 

@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from raykd.cli_common import parse_schedule, parse_sets, with_workers, write_json_atomic
+from raykd.cli_common import parse_schedule, parse_sets, with_workers
 from raykd.config import MethodSpec, RunSpec, load_experiment
 from raykd.config.run import validate_method
 from raykd.errors import exits_cleanly
 from raykd.eval.coco import METRIC_NAMES
+from raykd.files import write_json_atomic
 from raykd.report import metrics_table
 from raykd.train.checks import check_pairings, method_pairs
 from raykd.train.launch import ensure_teachers, run_training, teacher_metrics

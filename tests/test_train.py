@@ -13,7 +13,7 @@ from raykd.distill import get_method
 from raykd.eval.coco import METRIC_NAMES
 from raykd.models.builder import load_weights
 from raykd.train.launch import ensure_teachers, run_training
-from raykd.train.loop import STATE_FILE, STUDENT_FILE
+from raykd.train.layout import STATE_FILE, STUDENT_FILE
 from raykd.train.model import DistillModel
 
 

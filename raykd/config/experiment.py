@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from raykd.config.yamlio import load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a file in the working directory
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -116,7 +118,7 @@ class Experiment(Strict):
     optim: Optim = Optim()
     resources: Resources = Resources()
     seed: int = 0
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
     registered_model_name: str | None = None
     # Where this file was loaded from: relative paths inside it resolve against its folder.
     source: str = ""

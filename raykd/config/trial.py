@@ -15,6 +15,7 @@ from raykd.config.experiment import Resources, Schedule, Strict
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import load_yaml_mapping
 from raykd.errors import from_validation_error
+from raykd.files import write_text_atomic
 
 
 class MlflowRef(Strict):
@@ -48,11 +49,4 @@ def load_trial_config(path: str | Path) -> TrialConfig:
 
 
 def save_trial_config(cfg: TrialConfig, path: str | Path) -> None:
-    import os
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(cfg.to_yaml())
-    os.replace(tmp, path)
+    write_text_atomic(path, cfg.to_yaml())

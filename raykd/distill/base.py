@@ -43,6 +43,9 @@ class Distiller(nn.Module, ABC):
     Params: ClassVar[type[MethodParams]] = MethodParams
     # Single-teacher methods name the teacher they read; `none` needs no teacher at all.
     uses_teacher: ClassVar[bool] = True
+    # True if a step may leave some of the method's parameters without a gradient (DDP must then
+    # search the graph for them every step, which costs time and warns when nothing is unused).
+    may_skip_params: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teachers: dict[str, nn.Module], params: MethodParams, teacher: str | None):
         super().__init__()

@@ -90,6 +90,7 @@ class CrossAttentionLayer(nn.Module):
 class ICD(Distiller):
     name = "icd"
     Params = ICDParams
+    may_skip_params = True  # a batch without real instances leaves the student adapter unused
 
     @classmethod
     def check(cls, params: ICDParams, teacher_pool: list[str]):

@@ -24,20 +24,19 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from raykd.cli_common import write_json_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.errors import ConfigError
+from raykd.files import write_json_atomic
+from raykd.search.layout import BEST_FILE, STATE_FILE
 from raykd.search.searcher import EarlyStopAwareOptunaSearch, make_sampler
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSpace
-from raykd.tracking.store import KIND_TAG, Tracker
+from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
 from raykd.tracking.tune_callback import MLflowTrialLogger
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
 
-STATE_FILE = "search.json"
-BEST_FILE = "best.yaml"
 WORKER_RETRIES = 2  # Ray Train restarts a lost worker group from the trial's last checkpoint
 
 
@@ -86,20 +85,11 @@ def _describe(space: SearchSpace, tracking: MlflowRef):
         spec = trial_spec(space, config)
         cfg = _trial_config(space, spec, trial_id, {}, tracking)
         params = {"method": spec.method.name, **({"teacher": spec.method.teacher} if spec.method.teacher else {})}
-        params.update({f"{spec.method.name}.{k}": v for k, v in _flat(spec.method.params).items()})
+        params.update({f"{spec.method.name}.{k}": ">".join(map(str, v)) if isinstance(v, list) else v
+                       for k, v in flatten(spec.method.params).items()})
         return params, cfg.to_yaml()
 
     return describe
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = ">".join(v) if isinstance(v, list) else v
-    return out
 
 
 def _trial_config(space, spec, trial_id, metrics, tracking: MlflowRef) -> TrialConfig:
@@ -205,7 +195,7 @@ def run_search(
     if best is not None:
         save_trial_config(best, results_dir / BEST_FILE)
         tracker.log_file(parent, results_dir / BEST_FILE)
-        tracker.set_tags(parent, {"raykd.best_trial_id": best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
+        tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
     tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": overhead(space, wall, train_s)}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)

@@ -11,8 +11,11 @@ from typing import Any
 from raykd.errors import ConfigError
 
 SECRET = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
+KIND_TAG = "raykd.kind"  # search, trial or final
 TRIAL_TAG = "raykd.trial_id"
-KIND_TAG = "raykd.kind"
+BEST_TRIAL_TAG = "raykd.best_trial_id"  # on a search's parent run
+FAILURE_TAG = "raykd.failure_reason"
+TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"  # on every trial's run
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

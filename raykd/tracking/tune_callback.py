@@ -10,10 +10,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from raykd.tracking.store import KIND_TAG, TRIAL_TAG, Tracker
+from raykd.tracking.store import FAILURE_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
 
 STOPPED_EARLY_TAG = "raykd.stopped_early"
-FAILURE_TAG = "raykd.failure_reason"
 TUNE_KEYS = {"epoch", "stage", "iteration", "stage_done"}
 
 
@@ -48,7 +47,7 @@ class MLflowTrialLogger(Callback):
             self.last_step[trial.trial_id] = -1
         params, config_text = self.describe(trial.config, trial.trial_id)
         self.tracker.log_params(run_id, params)
-        self.tracker.log_text(run_id, config_text, "trial_config.yaml")
+        self.tracker.log_text(run_id, config_text, TRIAL_CONFIG_ARTIFACT)
         self.runs[trial.trial_id] = run_id
         return run_id
 

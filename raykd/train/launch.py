@@ -16,7 +16,8 @@ from raykd.cache import build_once
 from raykd.config.experiment import Experiment, ModelSpec
 from raykd.config.run import MethodSpec, RunSpec
 from raykd.errors import ConfigError
-from raykd.train.loop import STUDENT_FILE, train_worker
+from raykd.train.layout import STUDENT_FILE
+from raykd.train.loop import train_worker
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 

@@ -29,12 +29,10 @@ from raykd.data.loaders import build_dataset, build_loader, class_names, resolve
 from raykd.distill.base import get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
+from raykd.train.layout import STATE_FILE, STUDENT_FILE
 from raykd.train.model import DistillModel
 from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
-
-STUDENT_FILE = "student.pth"
-STATE_FILE = "state.pth"
 
 
 class DivergedError(RuntimeError):
@@ -114,8 +112,7 @@ class Worker:
         ddp = model
         if _is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Methods may leave their modules unused for a while (e.g. ICD's warm-up bypass).
-            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cls.may_skip_params)
         optim = self.exp.optim
         base = {"lr": optim.lr, "weight_decay": optim.weight_decay}
         if optim.optimizer == "sgd":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from raykd.cache import cache_root
 from raykd.config.experiment import Experiment, spec_hash
+from raykd.train.layout import STUDENT_FILE
 
 TEACHER_TRAINING_VERSION = 1
 
@@ -26,7 +27,7 @@ def teacher_checkpoint(exp: Experiment, name: str) -> Path:
     t = exp.teachers[name]
     if t.checkpoint is not None:
         return Path(t.checkpoint).expanduser()
-    return cached_teacher_dir(exp, name) / "student.pth"
+    return cached_teacher_dir(exp, name) / STUDENT_FILE
 
 
 def missing_teachers(exp: Experiment, names: list[str]) -> list[str]:

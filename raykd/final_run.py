@@ -1,0 +1,167 @@
+"""One final run of a promoted trial: train it (Ray Train), log every epoch to its MLflow run,
+register the distilled student, and write ``final.json``. ``raykd.final`` is the CLI around it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raykd.errors import ConfigError
+from raykd.files import write_json_atomic
+from raykd.train.layout import STUDENT_FILE
+
+STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
+CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
+SUMMARY_FILE = "final.json"
+
+
+class Diverged(Exception):
+    """Training stopped on a non-finite or exploding loss (the message says where)."""
+
+
+def schedule_text(schedule) -> str:
+    return f"{schedule.epochs} epochs" if schedule.epochs is not None else f"{schedule.iters} iters"
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (key or "(root)")
+
+
+def check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The saved state of a final run in ``out`` (with --resume), after checking it is this one."""
+    state_path, run_dir = out / STATE_FILE, out / "ray" / run_name
+    if not resume:
+        if state_path.exists() or run_dir.exists():
+            raise ConfigError(str(out), "--out", "already holds a final run (add --resume to continue it, "
+                              "or choose another --out)")
+        return None
+    if not state_path.is_file():
+        raise ConfigError(str(out), "--resume", f"no final run to resume here (no {STATE_FILE})")
+    state = json.loads(state_path.read_text())
+    if state.get("status") == "finished":
+        raise ConfigError(str(out), "--resume", f"this final run already finished (see {out / SUMMARY_FILE})")
+    saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+    if saved is not None:
+        diff = _first_difference(saved.get("spec"), config["spec"])
+        if diff is not None:
+            raise ConfigError(str(out / CONFIG_FILE), f"spec.{diff}", "differs from this command's configuration; "
+                              "resume with the same INPUT and options")
+    return state
+
+
+def run_params(spec, trial) -> dict[str, Any]:
+    exp = spec.experiment
+    return {
+        "trial_id": trial.trial_id,
+        "experiment": exp.name,
+        "experiment_file": str(trial.experiment),
+        "method": spec.method.name,
+        "teacher": spec.method.teacher or "",
+        "method_params": spec.method.params,
+        "seed": spec.seed,
+        "schedule": spec.schedule.model_dump(exclude_none=True),
+        "resources": spec.resources.model_dump(),
+        "optim": exp.optim.model_dump(),
+        "dataset": exp.dataset.model_dump(mode="json"),
+        "overrides": trial.overrides,
+        "init_checkpoint": spec.init_checkpoint or "",
+        "search_schedule": trial.schedule.model_dump(exclude_none=True),
+    }
+
+
+def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: str = "") -> None:
+    done = tracker.last_step(run_id, f"{prefix}bbox_mAP")  # a resumed run logs only the new epochs
+    for h in history:
+        step = int(h.get("epoch", 0))
+        if step > done:
+            tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in h.items() if k != "epoch"}, step)
+
+
+def _outcome(result) -> dict[str, Any]:
+    return result.return_value or {"history": [], "diverged": None}
+
+
+def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False) -> dict[str, Any]:
+    """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone."""
+    from raykd.config import MethodSpec
+    from raykd.eval.coco import METRIC_NAMES
+    from raykd.report import metrics_table
+    from raykd.tracking.registry import register_student, registered_name
+    from raykd.tracking.store import TRIAL_TAG
+    from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+    from raykd.train.stages import stage_teachers
+
+    trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
+    teachers = stage_teachers(spec)
+    ensure_teachers(exp, teachers, ray_dir)
+    result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
+    outcome = _outcome(result)
+    _log_history(tracker, run_id, outcome["history"])
+    if outcome["diverged"]:
+        raise Diverged(outcome["diverged"])
+    history = outcome["history"]
+    final = dict(history[-1] if history else result.metrics)
+    final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
+    last_epoch = int(final.get("epoch", 0))
+    with result.checkpoint.as_directory() as d:
+        shutil.copy(Path(d) / STUDENT_FILE, out / STUDENT_FILE)
+    tracker.log_file(run_id, out / STUDENT_FILE)
+    tracker.log_file(run_id, out / CONFIG_FILE)
+
+    baseline_metrics = None
+    if baseline:
+        base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
+        base = _outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
+        if base["diverged"] or not base["history"]:
+            print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
+        else:
+            baseline_metrics = {k: float(v) for k, v in base["history"][-1].items() if k in METRIC_NAMES}
+            tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline_metrics.items()}, last_epoch)
+
+    name = registered_name(exp)
+    description = (
+        f"{spec.method.name} distillation of {exp.name} (trial {trial.trial_id}), {schedule_text(spec.schedule)}, "
+        f"seed {spec.seed}: val bbox_mAP {final_metrics.get('bbox_mAP', float('nan')):.4f}"
+        + (f" (search fidelity {trial.metrics['bbox_mAP']:.4f})" if "bbox_mAP" in trial.metrics else "")
+    )
+    version = register_student(
+        tracker.uri, run_id, exp, out / STUDENT_FILE, final_metrics,
+        tags={TRIAL_TAG: trial.trial_id, "raykd.method": spec.method.name, "raykd.run_id": run_id},
+        description=description, step=last_epoch,
+    )
+    tracker.set_tags(run_id, {"raykd.registered_model": name, "raykd.registered_version": version.version})
+
+    teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
+    rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
+    rows[f"trial {trial.trial_id} at search fidelity ({schedule_text(trial.schedule)})"] = trial.metrics
+    rows[f"final student ({spec.method.name}, {schedule_text(spec.schedule)})"] = final_metrics
+    if baseline_metrics is not None:
+        rows["student only (none)"] = baseline_metrics
+    print("\n" + metrics_table(rows))
+
+    summary = {
+        "final": final_metrics,
+        "history": history,
+        "trial_id": trial.trial_id,
+        "search_metrics": trial.metrics,
+        "teachers": teacher_rows,
+        "baseline": baseline_metrics,
+        "model": {"name": name, "version": str(version.version)},
+        "run_id": run_id,
+        "tracking_uri": tracker.uri,
+        "search_parent_run_id": promo.parent_run_id,
+        "spec": spec.to_dict(),
+    }
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    tracker.log_file(run_id, out / SUMMARY_FILE)
+    return summary

@@ -1,0 +1,5 @@
+"""What a training checkpoint folder holds (read by resumes, teacher caching and raykd.final,
+some of which must not import torch just to find a file)."""
+
+STUDENT_FILE = "student.pth"  # the student's state_dict: the deliverable of a run
+STATE_FILE = "state.pth"  # optimizer, scheduler, distiller modules, epoch: what a resume needs
