@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if trial.mlflow and trial.mlflow.run_id:
             tags["raykd.search_trial_run_id"] = trial.mlflow.run_id
         run_id = tracker.start_run(exp.name, run_name, tags)
-        tracker.logrun_params(run_id, run_params(spec, trial))
+        tracker.log_params(run_id, run_params(spec, trial))
     state = {"run_id": run_id, "tracking_uri": uri, "status": "running", "trial_id": trial.trial_id}
     write_json_atomic(out / STATE_FILE, state)
     print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}, "

@@ -144,6 +144,8 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
     rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
     rows[f"trial {trial.trial_id} at search fidelity ({schedule_text(trial.schedule)})"] = trial.metrics
+    for s in outcome.get("stages", [])[:-1]:
+        rows[f"final student after stage {s['stage']} ({s['method']} from {s['teacher']})"] = s["metrics"]
     rows[f"final student ({spec.method.name}, {schedule_text(spec.schedule)})"] = final_metrics
     if baseline_metrics is not None:
         rows["student only (none)"] = baseline_metrics
@@ -152,6 +154,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     summary = {
         "final": final_metrics,
         "history": history,
+        "stages": outcome.get("stages", []),
         "trial_id": trial.trial_id,
         "search_metrics": trial.metrics,
         "teachers": teacher_rows,

@@ -61,12 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     history = outcome["history"]
     final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
     rows = {f"teacher {n}": teacher_metrics(exp, n) for n in teachers}
+    for s in outcome.get("stages", [])[:-1]:
+        rows[f"student after stage {s['stage']} ({s['method']} from {s['teacher']})"] = s["metrics"]
     rows[f"student ({method.name})"] = final
     print("\n" + metrics_table(rows))
     summary = {
         "final": {k: final[k] for k in METRIC_NAMES},
         "history": history,
         "teachers": {n: teacher_metrics(exp, n) for n in teachers},
+        "stages": outcome.get("stages", []),
         "spec": spec.to_dict(),
     }
     write_json_atomic(out / "metrics.json", summary)

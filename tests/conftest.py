@@ -17,6 +17,18 @@ NECK = {"in_channels": [8, 16, 32, 64], "out_channels": 32}
 GN_HEAD = {"num_classes": 4, "in_channels": 32, "feat_channels": 32, "norm_cfg": {"type": "GN", "num_groups": 8}}
 
 
+def faster_rcnn():
+    """A narrow two-stage detector (its paper defaults differ from one-stage ones)."""
+    from raykd.models.builder import build_detector
+
+    roi = {
+        "bbox_roi_extractor": {"out_channels": 32},
+        "bbox_head": {"in_channels": 32, "fc_out_channels": 64, "num_classes": 4},
+    }
+    overrides = {"backbone": SCRATCH, "neck": NECK, "rpn_head": {"in_channels": 32, "feat_channels": 32}, "roi_head": roi}
+    return build_detector("mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", overrides)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Datasets and teachers go to a per-session cache, never the user's."""

@@ -1,8 +1,9 @@
 import pytest
 import torch
-from conftest import kd_step
+from conftest import faster_rcnn, kd_step
 
 from raykd.distill import get_method
+from raykd.models.builder import freeze
 
 
 def make(student, teachers, **params):
@@ -44,6 +45,13 @@ def test_identity_adapters_and_equal_features_give_zero(student, teachers, batch
     step = kd_step(student, {"big": student}, batch)
     step.teacher_feats = lambda name: tuple(f.detach() for f in step.student_feats)
     assert method.losses(step)["loss_kd_feat"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_default_lambda_follows_the_student_kind(student, teachers):
+    assert make(student, teachers).lambda_ == 0.5  # one-stage (MTPD's value for dense students)
+    two = faster_rcnn()
+    assert make(two, {"big": freeze(faster_rcnn())}).lambda_ == 0.8  # two-stage
+    assert make(two, {"big": freeze(faster_rcnn())}, **{"lambda": 2.0}).lambda_ == 2.0
 
 
 def test_negative_lambda_is_rejected():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GN_HEAD, NECK, SCRATCH, build, kd_step
+from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step
 
 from raykd.distill import get_method
 from raykd.models.builder import build_detector, freeze
@@ -16,22 +16,6 @@ def fcos():
     return build_detector(
         "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
         {"backbone": SCRATCH, "neck": NECK, "bbox_head": GN_HEAD},
-    )
-
-
-def faster_rcnn():
-    roi = {
-        "bbox_roi_extractor": {"out_channels": 32},
-        "bbox_head": {"in_channels": 32, "fc_out_channels": 64, "num_classes": 4},
-    }
-    return build_detector(
-        "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py",
-        {
-            "backbone": SCRATCH,
-            "neck": NECK,
-            "rpn_head": {"in_channels": 32, "feat_channels": 32},
-            "roi_head": roi,
-        },
     )
 
 

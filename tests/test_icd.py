@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import kd_step
+from conftest import faster_rcnn, kd_step
 
 from raykd.distill import get_method
 
@@ -114,6 +114,14 @@ def test_heads_must_divide_hidden_dim():
     assert check_method("icd", {**SMALL, "lambda": 2}, None, ["big"]) is None
     assert check_method("icd", {"num_layers": 7}, None, ["big"])[0] == "params.num_layers"
     assert check_method("icd", {"bogus": 1}, None, ["big"])[0] == "params.bogus"
+
+
+def test_default_lambda_is_8_one_stage_and_3_two_stage(student, teachers):
+    from raykd.models.builder import freeze
+
+    assert make(student, teachers).lambda_ == 8.0
+    assert make(faster_rcnn(), {"big": freeze(faster_rcnn())}).lambda_ == 3.0
+    assert make(student, teachers, **{"lambda": 2.0}).lambda_ == 2.0
 
 
 def test_param_groups_use_adamw(student, teachers):

@@ -13,11 +13,12 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
-from raykd.distill.necks import neck_channels
+from raykd.distill.necks import is_two_stage, paired_necks
 
 
 class FeatureParams(MethodParams):
-    lambda_: Annotated[float, Field(ge=0, alias="lambda")] = 0.5
+    # None: MTPD's values for its stage loss, 0.5 for one-stage students and 0.8 for two-stage ones.
+    lambda_: Annotated[float | None, Field(ge=0, alias="lambda")] = None
 
 
 @register_method
@@ -27,13 +28,11 @@ class FeatureImitation(Distiller):
 
     def __init__(self, student, teachers, params: FeatureParams, teacher):
         super().__init__(student, teachers, params, teacher)
-        s_ch, s_levels = neck_channels(student)
-        t_ch, t_levels = neck_channels(self.teacher)
-        if s_levels != t_levels:
-            raise ValueError(f"student has {s_levels} FPN levels but teacher {teacher!r} has {t_levels}")
-        self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 1) for _ in range(s_levels))
+        s_ch, t_ch, levels = paired_necks(student, self.teacher, teacher)
+        self.lambda_ = params.lambda_ if params.lambda_ is not None else (0.8 if is_two_stage(student) else 0.5)
+        self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 1) for _ in range(levels))
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         t_feats = step.teacher_feats(self.teacher_name)
         terms = [F.mse_loss(a(s), t) for a, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True)]
-        return {"loss_kd_feat": self.params.lambda_ * sum(terms) / len(terms)}
+        return {"loss_kd_feat": self.lambda_ * sum(terms) / len(terms)}

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
-from raykd.distill.necks import dense_head, neck_channels
+from raykd.distill.necks import dense_head, paired_necks
 
 
 def _stacked_then(predictor: str) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -74,10 +74,7 @@ class FRS(Distiller):
         super().__init__(student, teachers, params, teacher)
         s_head, s_kind = _frs_head(student)
         t_head, t_kind = _frs_head(self.teacher)
-        s_ch, s_levels = neck_channels(student)
-        t_ch, t_levels = neck_channels(self.teacher)
-        if s_levels != t_levels:
-            raise ValueError(f"student has {s_levels} FPN levels but teacher {teacher!r} has {t_levels}")
+        s_ch, t_ch, levels = paired_necks(student, self.teacher, teacher)
         s_out = getattr(s_head, _HEADS[s_kind][1]).out_channels
         t_out = getattr(t_head, _HEADS[t_kind][1]).out_channels
         if s_head.num_classes != t_head.num_classes or s_out != t_out:
@@ -95,7 +92,7 @@ class FRS(Distiller):
         self.cls_weight = params.cls_weight if params.cls_weight is not None else defaults[1]
         self._s_logits = _HEADS[s_kind][0]
         self._t_logits = _HEADS[t_kind][0]
-        self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 3, padding=1) for _ in range(s_levels))
+        self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 3, padding=1) for _ in range(levels))
 
     def warmup_factor(self, iteration: int, max_iters: int) -> float:
         warmup = self.params.warmup_iters

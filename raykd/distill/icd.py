@@ -20,14 +20,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
-from raykd.distill.necks import neck_channels
+from raykd.distill.necks import is_two_stage, paired_necks
 
 MAX_INSTANCES = 100  # real + fake queries per image, as in the paper
 JITTER = 0.2  # reference-point jitter, as a fraction of the box size (keeps it inside the box)
 
 
 class ICDParams(MethodParams):
-    lambda_: Annotated[float, Field(ge=0, alias="lambda")] = 8.0
+    lambda_: Annotated[float | None, Field(ge=0, alias="lambda")] = None  # None: 8 one-stage, 3 two-stage
     hidden_dim: Annotated[int, Field(ge=8)] = 256
     num_heads: Annotated[int, Field(ge=1)] = 8
     num_layers: Annotated[int, Field(ge=1, le=6)] = 1
@@ -103,18 +103,16 @@ class ICD(Distiller):
         problem = self.check(params, [])
         if problem:
             raise ValueError(problem[1])
-        s_ch, s_levels = neck_channels(student)
-        t_ch, t_levels = neck_channels(self.teacher)
-        if s_levels != t_levels:
-            raise ValueError(f"student has {s_levels} FPN levels but teacher {teacher!r} has {t_levels}")
-        dim, self.num_classes, self.num_levels = params.hidden_dim, _num_classes(student), t_levels
+        s_ch, t_ch, levels = paired_necks(student, self.teacher, teacher)
+        self.lambda_ = params.lambda_ if params.lambda_ is not None else (3.0 if is_two_stage(student) else 8.0)
+        dim, self.num_classes, self.num_levels = params.hidden_dim, _num_classes(student), levels
         self.adapter = nn.Linear(s_ch, t_ch) if s_ch != t_ch else nn.Identity()
         self.query_mlp = nn.Sequential(
-            nn.Linear(self.num_classes + 8 * (dim // 8) + t_levels, dim), nn.ReLU(inplace=True),
+            nn.Linear(self.num_classes + 8 * (dim // 8) + levels, dim), nn.ReLU(inplace=True),
             nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim),
         )  # fmt: skip
         self.input_proj = nn.Linear(t_ch, dim)
-        self.level_embed = nn.Parameter(torch.randn(t_levels, dim) * 0.02)
+        self.level_embed = nn.Parameter(torch.randn(levels, dim) * 0.02)
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, params.num_heads) for _ in range(params.num_layers))
         self.aux_cls = nn.Linear(dim, 1)  # real vs fake
         self.aux_reg = nn.Linear(dim, 4)  # sigmoid distances to the box edges
@@ -263,7 +261,7 @@ class ICD(Distiller):
         dist = (v_s - v_t).pow(2).mean(-1)  # (B, S, heads): mean over channels of each head
         with torch.autocast(step.inputs.device.type, enabled=False):  # a half-precision sum over S is coarse
             per_inst = torch.einsum("bhns,bsh->bnh", attn, dist)  # Σ_S A·(V_s − V_t)² / Σ_S A
-        losses["loss_kd_icd"] = self.params.lambda_ * per_inst[inst.real].mean()
+        losses["loss_kd_icd"] = self.lambda_ * per_inst[inst.real].mean()
         return losses
 
     def param_groups(self, base: dict[str, float]) -> list[dict]:

@@ -1,7 +1,8 @@
 """MTPD: multi-teacher progressive distillation (ICML'23).
 
 Not a loss of its own: a run becomes a sequence of stages, stage i distilling from teacher
-``order[i]`` with a base method (feature imitation, λ=0.5, by default), the student carried over
+``order[i]`` with a base method (feature imitation by default, whose λ defaults to MTPD's 0.5 for
+one-stage and 0.8 for two-stage students), the student carried over
 from stage i-1. The run's schedule is split evenly across stages unless ``stage_epochs`` is given,
 so an MTPD trial costs the same as a single-teacher trial in a search.
 """
@@ -20,7 +21,7 @@ NAME = "mtpd"
 class MTPDParams(MethodParams):
     order: Annotated[list[str], Field(min_length=1)]
     base: str = "feature"
-    base_params: dict[str, Any] = {"lambda": 0.5}
+    base_params: dict[str, Any] = {}  # the base method's own defaults
     stage_epochs: list[Annotated[int, Field(gt=0)]] | None = None
 
 

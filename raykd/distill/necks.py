@@ -13,6 +13,20 @@ def neck_channels(detector: nn.Module) -> tuple[int, int]:
     return int(neck.out_channels), int(neck.num_outs)
 
 
+def is_two_stage(detector: nn.Module) -> bool:
+    """Two-stage detectors (RPN + RoI head) get other paper defaults than dense one-stage ones."""
+    return getattr(detector, "roi_head", None) is not None
+
+
+def paired_necks(student: nn.Module, teacher: nn.Module, teacher_name: str) -> tuple[int, int, int]:
+    """(student channels, teacher channels, levels) of two necks distilled level by level."""
+    s_ch, s_levels = neck_channels(student)
+    t_ch, t_levels = neck_channels(teacher)
+    if s_levels != t_levels:
+        raise ValueError(f"student has {s_levels} FPN levels but teacher {teacher_name!r} has {t_levels}")
+    return s_ch, t_ch, s_levels
+
+
 def dense_head(detector: nn.Module, supported: dict, method: str, attrs: tuple[str, ...] = ("bbox_head",)):
     """(head, its class name in ``supported``): the first of ``attrs`` a detector has, matched by
     class or base class so subclasses of a supported head work too."""

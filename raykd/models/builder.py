@@ -39,12 +39,16 @@ def check_config_exists(config: str, source: str, key: str) -> None:
 
 def quiet_mmengine() -> None:
     """mmengine logs every parameter's init and a banner per build; keep warnings only."""
+    import warnings
+
     from mmengine.logging import MMLogger
 
-    logger = MMLogger.get_instance("mmengine", log_level="WARNING")
+    logger = MMLogger.get_instance("mmengine")  # extra arguments warn once the instance exists
     logger.setLevel(logging.WARNING)
     for handler in logger.handlers:
         handler.setLevel(logging.WARNING)
+    # mmdet's own GFL/ATSS heads read their deprecated `num_anchors`; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=r".*`num_anchors` is deprecated")
 
 
 _registered = False

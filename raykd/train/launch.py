@@ -18,6 +18,7 @@ from raykd.config.run import MethodSpec, RunSpec
 from raykd.errors import ConfigError
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
+from raykd.train.stage_checkpoints import stages_uri
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 
@@ -68,7 +69,7 @@ def build_trainer(
     )
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_dict()},
+        train_loop_config={"spec": spec.to_dict(), "stages_dir": stages_uri(storage_path, name)},
         scaling_config=scaling,
         run_config=run_config,
     )

@@ -6,6 +6,7 @@ Runs unchanged on 1..N CPU workers (gloo) or CUDA workers (nccl, optional AMP); 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -31,6 +32,7 @@ from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections,
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.layout import STATE_FILE, STUDENT_FILE
 from raykd.train.model import DistillModel
+from raykd.train.stage_checkpoints import save_stage_student, stage_name, stage_summaries
 from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
 
@@ -60,8 +62,9 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 
 class Worker:
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, stages_dir: str | None = None):
         self.spec = spec
+        self.stages_dir = stages_dir  # where a multi-stage run keeps every stage's final student
         self.exp = spec.experiment
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -156,8 +159,12 @@ class Worker:
                 global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
         except DivergedError as err:
             say(str(err))
-            return {"history": self.history, "diverged": str(err)}
-        return {"history": self.history, "diverged": None}
+            return self._outcome(str(err))
+        return self._outcome(None)
+
+    def _outcome(self, diverged: str | None) -> dict[str, Any]:
+        stages = stage_summaries(self.history, self.stages, self.stages_dir)
+        return {"history": self.history, "diverged": diverged, "stages": stages}
 
     def _run_stage(self, stage_idx: int, global_epoch: int, resume: dict | None) -> int:
         stage = self.stages[stage_idx]
@@ -236,6 +243,8 @@ class Worker:
                 eval_time=time.perf_counter() - t1,
                 stage_done=int(it >= total),
             )
+            if self.rank == 0 and it >= total and len(self.stages) > 1:
+                metrics[f"stage{stage_idx + 1}_bbox_mAP"] = metrics["bbox_mAP"]  # one number per stage in MLflow
             if self.rank == 0:
                 say(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
                     f"loss {metrics.get('loss', float('nan')):.4f} (train {train_time:.0f} s, eval {metrics['eval_time']:.0f} s)")
@@ -270,6 +279,9 @@ class Worker:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
+        if stage_done and len(self.stages) > 1 and self.stages_dir:
+            stage = self.stages[stage_idx]
+            save_stage_student(self.student.state_dict(), f"{self.stages_dir}/{stage_name(stage_idx, stage.method.teacher)}")
         tmp = Path(tempfile.mkdtemp(prefix="raykd-ckpt-"))
         torch.save(self.student.state_dict(), tmp / STUDENT_FILE)
         torch.save(
@@ -302,6 +314,19 @@ class Worker:
         return state
 
 
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report (all metrics) and checkpoint path at INFO: long lines per epoch
+    and worker that repeat what raykd's own progress line says."""
+    import importlib
+
+    for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+        try:
+            importlib.import_module(name).logger.setLevel(logging.WARNING)
+        except (ImportError, AttributeError):  # internal modules: a later Ray may move them
+            pass
+
+
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point (every worker); rank 0's return value is the run's outcome."""
-    return Worker(RunSpec.from_dict(config["spec"])).run()
+    _quiet_ray_train()
+    return Worker(RunSpec.from_dict(config["spec"]), config.get("stages_dir")).run()

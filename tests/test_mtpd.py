@@ -1,0 +1,111 @@
+"""MTPD: progressive stages over a teacher order, each stage starting from the last one's student."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config.experiment import Resources, Schedule
+from raykd.distill.base import check_method
+from raykd.train import loop
+from raykd.train.launch import ensure_teachers, run_training
+from raykd.train.layout import STUDENT_FILE
+from raykd.train.stages import plan_stages, stage_teachers
+
+ORDER = ["big", "gfl"]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    e = load_experiment(TINY)
+    ensure_teachers(e, ORDER, tmp_path_factory.mktemp("teachers"))
+    return e
+
+
+def mtpd_spec(exp, workers=0, epochs=2, **params):
+    return RunSpec(
+        experiment=exp,
+        method=MethodSpec(name="mtpd", params={"order": ORDER, **params}),
+        schedule=Schedule(epochs=epochs),
+        seed=0,
+        resources=Resources(workers=workers, cpus_per_worker=1),
+    )
+
+
+def load(path):
+    return torch.load(Path(path) / STUDENT_FILE, map_location="cpu", weights_only=True)
+
+
+def same(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stages_follow_the_order_and_split_the_schedule(exp):
+    stages = plan_stages(mtpd_spec(exp, epochs=5))
+    assert [s.method.teacher for s in stages] == ORDER
+    assert [s.schedule.epochs for s in stages] == [3, 2]  # the run costs what a single-teacher run does
+    assert all(s.method.name == "feature" and s.method.params == {} for s in stages)  # feature's own defaults
+    custom = plan_stages(mtpd_spec(exp, stage_epochs=[1, 4], base="frs", base_params={}))
+    assert [s.schedule.epochs for s in custom] == [1, 4] and {s.method.name for s in custom} == {"frs"}
+    assert stage_teachers(mtpd_spec(exp)) == ORDER
+
+
+def test_stage_two_starts_from_stage_one_and_every_stage_is_kept(exp, tmp_path, monkeypatch):
+    starts = []
+    run_stage = loop.Worker._run_stage
+
+    def spy(self, stage_idx, global_epoch, resume):
+        starts.append({k: v.detach().clone() for k, v in self.student.state_dict().items()})
+        return run_stage(self, stage_idx, global_epoch, resume)
+
+    monkeypatch.setattr(loop.Worker, "_run_stage", spy)  # local mode: the worker runs in this process
+    result = run_training(mtpd_spec(exp), "mtpd", tmp_path)
+    outcome = result.return_value
+    stages = outcome["stages"]
+    assert [(s["stage"], s["teacher"], s["method"]) for s in stages] == [(1, "big", "feature"), (2, "gfl", "feature")]
+    stage1, stage2 = load(stages[0]["checkpoint"]), load(stages[1]["checkpoint"])
+    assert len(starts) == 2
+    assert not same(starts[0], stage1)  # stage 1 trained the student...
+    assert same(starts[1], stage1)  # ...and stage 2 began from exactly that student
+    with result.checkpoint.as_directory() as d:
+        assert same(load(d), stage2)  # the run's student is the last stage's
+    # Per-stage metrics: each stage's last epoch carries the stage's AP under its own name.
+    history = outcome["history"]
+    assert [h["stage"] for h in history] == [1, 2]
+    assert history[0]["stage1_bbox_mAP"] == stages[0]["metrics"]["bbox_mAP"] == history[0]["bbox_mAP"]
+    assert history[1]["stage2_bbox_mAP"] == stages[1]["metrics"]["bbox_mAP"]
+    assert not list(Path(stages[0]["checkpoint"]).parent.glob("*.partial-*"))
+
+
+def test_stage_checkpoints_are_kept_on_a_ray_worker(exp, tmp_path, ray_cluster):
+    result = run_training(mtpd_spec(exp, workers=1), "mtpd-w1", tmp_path)
+    stages = result.return_value["stages"]
+    assert [Path(s["checkpoint"]).name for s in stages] == ["stage1-big", "stage2-gfl"]
+    assert all(Path(s["checkpoint"]).is_relative_to(tmp_path / "mtpd-w1") for s in stages)
+    with result.checkpoint.as_directory() as d:
+        assert same(load(d), load(stages[1]["checkpoint"]))
+    assert not same(load(stages[0]["checkpoint"]), load(stages[1]["checkpoint"]))
+
+
+def test_single_stage_runs_keep_no_stage_folder(exp, tmp_path):
+    spec = mtpd_spec(exp).model_copy(update={"method": MethodSpec(name="feature", teacher="big")})
+    result = run_training(spec, "single", tmp_path)
+    assert result.return_value["stages"] == [] and not (tmp_path / "single" / "stages").exists()
+
+
+@pytest.mark.parametrize(
+    "params, key, words",
+    [
+        ({"order": []}, "params.order", "empty"),
+        ({"order": ["big", "ghost"]}, "params.order", "unknown teacher 'ghost'"),
+        ({"order": ["big", "big"]}, "params.order", "repeated"),
+        ({"order": ["big"], "base": "mtpd"}, "params.base", "its own base"),
+        ({"order": ["big", "gfl"], "stage_epochs": [1]}, "params.stage_epochs", "one per stage"),
+        ({"order": ["big"], "base_params": {"lambda": -1}}, "params.base_params.params.lambda", "greater than"),
+    ],
+)
+def test_invalid_settings_are_one_clear_error(params, key, words):
+    problem = check_method("mtpd", params, None, ORDER)
+    assert problem is not None and problem[0] == key and words in problem[1]
