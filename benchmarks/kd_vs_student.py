@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 
 from benchmarks.common import DEMO, METHODS, OUT, save
@@ -40,7 +41,10 @@ def main() -> None:
                 seed=seed,
                 resources=exp.resources,
             )
-            outcome = run_training(spec, f"bench-{name}-seed{seed}", storage).return_value
+            run_name = f"bench-{name}-seed{seed}"
+            # Ray Train would resume a leftover run of this name (e.g. from older code) instead of training.
+            shutil.rmtree(storage / run_name, ignore_errors=True)
+            outcome = run_training(spec, run_name, storage).return_value
             final = outcome["history"][-1] if outcome["history"] else {}
             done[key] = {"bbox_mAP": final.get("bbox_mAP"), "bbox_mAP_50": final.get("bbox_mAP_50"),
                          "diverged": outcome["diverged"]}

@@ -10,7 +10,7 @@ from raykd.config import MethodSpec, RunSpec, load_experiment
 from raykd.config.experiment import Resources, Schedule
 from raykd.distill.base import check_method
 from raykd.train import loop
-from raykd.train.launch import ensure_teachers, run_training
+from raykd.train.launch import build_trainer, ensure_teachers, run_training
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.stages import plan_stages, stage_teachers
 
@@ -24,12 +24,12 @@ def exp(tmp_path_factory):
     return e
 
 
-def mtpd_spec(exp, workers=0, epochs=2, **params):
+def mtpd_spec(exp, workers=0, epochs=2, seed=0, **params):
     return RunSpec(
         experiment=exp,
         method=MethodSpec(name="mtpd", params={"order": ORDER, **params}),
         schedule=Schedule(epochs=epochs),
-        seed=0,
+        seed=seed,
         resources=Resources(workers=workers, cpus_per_worker=1),
     )
 
@@ -52,16 +52,9 @@ def test_stages_follow_the_order_and_split_the_schedule(exp):
     assert stage_teachers(mtpd_spec(exp)) == ORDER
 
 
-def test_stage_two_starts_from_stage_one_and_every_stage_is_kept(exp, tmp_path, monkeypatch):
-    starts = []
-    run_stage = loop.Worker._run_stage
-
-    def spy(self, stage_idx, global_epoch, resume):
-        starts.append({k: v.detach().clone() for k, v in self.student.state_dict().items()})
-        return run_stage(self, stage_idx, global_epoch, resume)
-
-    monkeypatch.setattr(loop.Worker, "_run_stage", spy)  # local mode: the worker runs in this process
-    result = run_training(mtpd_spec(exp), "mtpd", tmp_path)
+def test_stage_two_starts_from_stage_one_and_every_stage_is_kept(exp, tmp_path, stage_spy):
+    result = run_training(mtpd_spec(exp), "mtpd", tmp_path)  # local mode: the worker runs in this process
+    starts = [weights for _, weights in stage_spy]
     outcome = result.return_value
     stages = outcome["stages"]
     assert [(s["stage"], s["teacher"], s["method"]) for s in stages] == [(1, "big", "feature"), (2, "gfl", "feature")]
@@ -87,6 +80,51 @@ def test_stage_checkpoints_are_kept_on_a_ray_worker(exp, tmp_path, ray_cluster):
     with result.checkpoint.as_directory() as d:
         assert same(load(d), load(stages[1]["checkpoint"]))
     assert not same(load(stages[0]["checkpoint"]), load(stages[1]["checkpoint"]))
+
+
+@pytest.fixture()
+def stage_spy(monkeypatch):
+    """Records (stage index, the student's weights as the stage starts) for in-process runs."""
+    calls = []
+    run_stage = loop.Worker._run_stage
+
+    def spy(self, stage_idx, global_epoch, resume):
+        calls.append((stage_idx, {k: v.detach().clone() for k, v in self.student.state_dict().items()}))
+        return run_stage(self, stage_idx, global_epoch, resume)
+
+    monkeypatch.setattr(loop.Worker, "_run_stage", spy)
+    return calls
+
+
+def test_a_shared_stage_prefix_is_trained_once(exp, tmp_path, stage_spy):
+    cache = tmp_path / "stage_cache"
+    # A third teacher (big's twin): orders that share stage 1 but build other teachers for later stages.
+    exp3 = exp.model_copy(update={"teachers": {**exp.teachers, "twin": exp.teachers["big"]}})
+    ensure_teachers(exp3, ["twin"], tmp_path / "teachers")
+    stage_spy.clear()  # training the twin was a run too
+
+    def run(name, order=ORDER, cache=cache, **kw):
+        spec = mtpd_spec(exp3, **kw)
+        spec = spec.model_copy(update={"method": MethodSpec(name="mtpd", params={**spec.method.params, "order": order})})
+        return build_trainer(spec, name, tmp_path, stage_cache=cache).fit()
+
+    first = run("a", stage_epochs=[1, 1]).return_value
+    assert [i for i, _ in stage_spy] == [0, 1]
+    second = run("b", ["big", "twin"], stage_epochs=[1, 2]).return_value  # same first stage, other second one
+    assert [i for i, _ in stage_spy] == [0, 1, 1]  # only its own second stage was trained
+    assert same(stage_spy[2][1], load(first["stages"][0]["checkpoint"]))  # ...from the shared stage 1
+    h1, h2 = first["history"], second["history"]
+    assert [h["epoch"] for h in h2] == [1, 2, 3] and h2[0]["stage_reused"] == 1 and "stage_reused" not in h2[1]
+    assert h2[0]["bbox_mAP"] == h1[0]["bbox_mAP"] and h2[0]["train_time"] == 0.0
+    assert Path(second["stages"][0]["checkpoint"]).parent == cache
+    plain = run("b-plain", ["big", "twin"], cache=None, stage_epochs=[1, 2])
+    with plain.checkpoint.as_directory() as d:
+        assert same(load(d), load(second["stages"][1]["checkpoint"]))  # reuse changes nothing else
+    assert plain.return_value["history"][-1]["bbox_mAP"] == h2[-1]["bbox_mAP"]
+    del stage_spy[3:]
+    run("c", stage_epochs=[1, 1], seed=1)  # another seed is another student: nothing to reuse
+    assert [i for i, _ in stage_spy][3:] == [0, 1]
+    assert len(list(cache.iterdir())) == 2  # one stage-1 prefix per seed; last stages are never cached
 
 
 def test_single_stage_runs_keep_no_stage_folder(exp, tmp_path):

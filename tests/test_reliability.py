@@ -83,7 +83,9 @@ def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path, ray_clu
         except Exception:
             return False
 
-    assert wait_for(one_finished, 400), "no trial finished"
+    if not wait_for(one_finished, 400):
+        proc.kill()
+        pytest.fail(f"no trial finished; the search printed:\n{proc.communicate()[0][-3000:]}")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, out[-3000:]

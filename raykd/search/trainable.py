@@ -60,6 +60,7 @@ def run_trial(
         storage_path=str(Path(results_dir) / "train"),
         callbacks=[TuneReportCallback()],
         max_failures=worker_retries,
+        stage_cache=Path(results_dir) / "stage_cache" if space.search.reuse_stage_prefixes else None,
     )
     result = trainer.fit()
     outcome = result.return_value or {}

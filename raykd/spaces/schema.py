@@ -72,6 +72,8 @@ class SearchSettings(Strict):
     num_samples: PositiveInt = 8
     max_concurrent_trials: PositiveInt = 2
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial
+    # MTPD trials whose orders start alike train the shared stages once (same seed, same settings).
+    reuse_stage_prefixes: bool = True
 
 
 class Scheduler(Strict):

@@ -18,7 +18,7 @@ from raykd.config.run import MethodSpec, RunSpec
 from raykd.errors import ConfigError
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
-from raykd.train.stage_checkpoints import stages_uri
+from raykd.train.stage_checkpoints import as_uri, stages_uri
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 
@@ -36,7 +36,7 @@ def ensure_ray(address: str | None = None) -> None:
         return
     from ray._private.services import find_gcs_addresses
 
-    others = find_gcs_addresses()
+    others = sorted(find_gcs_addresses())  # a set in Ray 2.60
     if others:
         # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
         # and workers of early-stopped trials are never freed. Joining is the safe default.
@@ -53,7 +53,9 @@ def build_trainer(
     storage_path: str | Path,
     callbacks: list[Any] | None = None,
     max_failures: int = 0,
+    stage_cache: str | Path | None = None,
 ) -> TorchTrainer:
+    """``stage_cache``: where runs that share it publish and reuse MTPD stage prefixes (a search's trials)."""
     res = spec.resources
     scaling = ScalingConfig(
         num_workers=res.workers,
@@ -69,7 +71,11 @@ def build_trainer(
     )
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_dict(), "stages_dir": stages_uri(storage_path, name)},
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "stages_dir": stages_uri(storage_path, name),
+            "stage_cache": as_uri(stage_cache) if stage_cache else None,
+        },
         scaling_config=scaling,
         run_config=run_config,
     )

@@ -32,7 +32,14 @@ from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections,
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.layout import STATE_FILE, STUDENT_FILE
 from raykd.train.model import DistillModel
-from raykd.train.stage_checkpoints import save_stage_student, stage_name, stage_summaries
+from raykd.train.stage_checkpoints import (
+    load_stage,
+    prefix_key,
+    save_stage,
+    stage_exists,
+    stage_name,
+    stage_summaries,
+)
 from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
 
@@ -52,6 +59,15 @@ def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _from_rank0(value: int, device: torch.device) -> int:
+    """Rank 0's value on every rank."""
+    if not _is_distributed():
+        return value
+    t = torch.tensor([value], device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on any (so all ranks stop together, none hangs in a collective)."""
     if not _is_distributed():
@@ -62,9 +78,10 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 
 class Worker:
-    def __init__(self, spec: RunSpec, stages_dir: str | None = None):
+    def __init__(self, spec: RunSpec, stages_dir: str | None = None, stage_cache: str | None = None):
         self.spec = spec
         self.stages_dir = stages_dir  # where a multi-stage run keeps every stage's final student
+        self.stage_cache = stage_cache  # stage prefixes shared by the trials of a search
         self.exp = spec.experiment
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -73,10 +90,7 @@ class Worker:
         self.amp = spec.resources.amp and self.device.type == "cuda"
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
         quiet_mmengine()
-        seed = spec.seed * 1000 + self.rank
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        self._seed(0)
 
         paths = resolve_data(self.exp.dataset)
         classes = class_names(paths.train.ann_file)
@@ -94,6 +108,8 @@ class Worker:
             load_weights(self.student, spec.init_checkpoint, src, "init_checkpoint")
         self.student.to(self.device)
         self.stages = plan_stages(spec)
+        self.stage_uris = [f"{stages_dir}/{stage_name(i, s.method.teacher)}" if stages_dir else None
+                           for i, s in enumerate(self.stages)]
         self.teachers = self._load_teachers()
 
     def _load_teachers(self) -> dict[str, nn.Module]:
@@ -153,6 +169,8 @@ class Worker:
             ray.train.report(metrics, checkpoint=None)
         first = state["stage"] if state else 0
         global_epoch = state["global_epoch"] if state else 0
+        if state is None and self.stage_cache and len(self.stages) > 1:
+            first, global_epoch = self._reuse_prefix()
         resume = state if state and not state["stage_done"] else None
         try:
             for idx in range(first, len(self.stages)):
@@ -162,12 +180,51 @@ class Worker:
             return self._outcome(str(err))
         return self._outcome(None)
 
+    def _prefix_uri(self, stage_idx: int) -> str:
+        return f"{self.stage_cache}/{prefix_key(self.spec, self.stages, stage_idx)}"
+
+    def _reuse_prefix(self) -> tuple[int, int]:
+        """Start after the longest stage prefix another trial of this search already trained (orders
+        sharing their first teachers). Its epochs are reported again, so ASHA and MLflow see the
+        whole run; they are marked ``stage_reused`` and count no training time."""
+        found = -1
+        if self.rank == 0:  # one rank decides: a trial may publish the entry while ranks look
+            found = next((i for i in reversed(range(len(self.stages) - 1)) if stage_exists(self._prefix_uri(i))), -1)
+        found = _from_rank0(found, self.device)
+        if found < 0:
+            return 0, 0
+        state_dict, history = load_stage(self._prefix_uri(found), self.device)
+        self.student.load_state_dict(state_dict)
+        self.history = [{**h, "stage_reused": 1, "train_time": 0.0, "eval_time": 0.0} for h in history]
+        for metrics in self.history:
+            ray.train.report(metrics, checkpoint=None)
+        for i in range(found + 1):
+            self.stage_uris[i] = self._prefix_uri(i)
+        if self.rank == 0:
+            say(f"stages 1-{found + 1} reused from {self._prefix_uri(found)} (same prefix trained by another trial)")
+        return found + 1, int(history[-1]["epoch"]) if history else 0
+
     def _outcome(self, diverged: str | None) -> dict[str, Any]:
-        stages = stage_summaries(self.history, self.stages, self.stages_dir)
+        uris = list(self.stage_uris)
+        if self.stage_cache and self.rank == 0:  # a run resumed after a reuse: its prefix is in the cache
+            uris = [u if not u or stage_exists(u) else self._prefix_uri(i) for i, u in enumerate(uris)]
+        stages = stage_summaries(self.history, self.stages, uris)
         return {"history": self.history, "diverged": diverged, "stages": stages}
+
+    def _seed(self, stage_idx: int) -> None:
+        """Seed Python, NumPy and torch per run, rank and stage. Every stage of a multi-stage run is
+        reseeded at its start, so it depends only on the student it starts from, not on what ran
+        before it (e.g. building the later stages' teachers): a trial that reuses another's stage
+        prefix then trains exactly as a run that trained the prefix itself."""
+        seed = self.spec.seed * 1000 + self.rank + 7919 * stage_idx
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
     def _run_stage(self, stage_idx: int, global_epoch: int, resume: dict | None) -> int:
         stage = self.stages[stage_idx]
+        if len(self.stages) > 1:  # single-stage runs keep the seeding they always had
+            self._seed(stage_idx)
         model, ddp, distiller, optimizers = self._build_stage(stage)
         ipe = len(self.train_loader)
         total, epochs = stage_iters(stage.schedule, ipe)
@@ -279,9 +336,13 @@ class Worker:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        if stage_done and len(self.stages) > 1 and self.stages_dir:
-            stage = self.stages[stage_idx]
-            save_stage_student(self.student.state_dict(), f"{self.stages_dir}/{stage_name(stage_idx, stage.method.teacher)}")
+        if stage_done and len(self.stages) > 1:
+            weights = self.student.state_dict()
+            if self.stage_uris[stage_idx]:
+                save_stage(self.stage_uris[stage_idx], weights)
+            if self.stage_cache and stage_idx < len(self.stages) - 1:
+                history = [{k: v for k, v in h.items() if k != "stage_reused"} for h in self.history]
+                save_stage(self._prefix_uri(stage_idx), weights, history, replace=False)
         tmp = Path(tempfile.mkdtemp(prefix="raykd-ckpt-"))
         torch.save(self.student.state_dict(), tmp / STUDENT_FILE)
         torch.save(
@@ -329,4 +390,4 @@ def _quiet_ray_train() -> None:
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point (every worker); rank 0's return value is the run's outcome."""
     _quiet_ray_train()
-    return Worker(RunSpec.from_dict(config["spec"]), config.get("stages_dir")).run()
+    return Worker(RunSpec.from_dict(config["spec"]), config.get("stages_dir"), config.get("stage_cache")).run()

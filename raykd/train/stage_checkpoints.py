@@ -1,14 +1,20 @@
 """The student at the end of every stage of a multi-stage (MTPD) run, kept for good.
 
 Ray Train keeps only a run's newest checkpoints, but a stage's final student is a result of its
-own: the next stage starts from it, and a later run whose teacher order shares this prefix could
-too. It is written beside the run's Ray checkpoints, ``<storage>/<run>/stages/stage<i>-<teacher>/``,
-through pyarrow's filesystems, so a local path and an object store (``s3://``…) both work, as they
-do for Ray's own storage path.
+own: the next stage starts from it, and so can a later run whose teacher order shares this prefix.
+
+* Every multi-stage run writes ``<storage>/<run>/stages/stage<i>-<teacher>/student.pth``.
+* A search also publishes each stage prefix to a cache shared by its trials, keyed by everything
+  that determines the student after that prefix (:func:`prefix_key`); a trial whose order starts the
+  same way starts after the longest cached prefix instead of training it again.
+
+Both go through pyarrow's filesystems, so a local path and an object store (``s3://``…) work alike,
+as they do for Ray's own storage path.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import uuid
@@ -17,14 +23,23 @@ from typing import Any
 
 import torch
 
+from raykd.config.experiment import spec_hash
+from raykd.config.run import RunSpec
 from raykd.train.layout import STUDENT_FILE
+
+HISTORY_FILE = "history.json"  # a cached prefix's per-epoch metrics, reported again on reuse
+PREFIX_KEY_VERSION = 1  # bump when training changes so that old prefixes are not reused
 
 STAGES_DIR = "stages"
 
 
+def as_uri(location: str | Path) -> str:
+    """An object-store URI as it is, a local path made absolute (what pyarrow's from_uri needs)."""
+    return str(location).rstrip("/") if "://" in str(location) else str(Path(location).resolve())
+
+
 def stages_uri(storage_path: str | Path, run_name: str) -> str:
-    base = str(storage_path) if "://" in str(storage_path) else str(Path(storage_path).resolve())
-    return f"{base.rstrip('/')}/{run_name}/{STAGES_DIR}"
+    return f"{as_uri(storage_path)}/{run_name}/{STAGES_DIR}"
 
 
 def stage_name(index: int, teacher: str | None) -> str:
@@ -32,18 +47,38 @@ def stage_name(index: int, teacher: str | None) -> str:
     return f"stage{index + 1}-{teacher or 'none'}"
 
 
-def save_stage_student(state_dict: dict[str, Any], uri: str) -> None:
-    """Write ``uri/student.pth`` so that a reader never finds a half-copied folder."""
+def _filesystem(uri: str):
     from pyarrow import fs
 
-    filesystem, path = fs.FileSystem.from_uri(uri)
+    return fs.FileSystem.from_uri(uri)
+
+
+def stage_exists(uri: str) -> bool:
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(uri)
+    return filesystem.get_file_info(f"{path}/{STUDENT_FILE}").type == fs.FileType.File
+
+
+def save_stage(uri: str, state_dict: dict[str, Any], history: list[dict] | None = None, replace: bool = True) -> None:
+    """Write ``uri/student.pth`` (and ``history.json``) so that a reader never finds a half-copied
+    folder. ``replace=False`` keeps an entry another writer published first (racing trials)."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(uri)
+    if not replace and stage_exists(uri):
+        return
     local = Path(tempfile.mkdtemp(prefix="raykd-stage-"))
     partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
     try:
         torch.save(state_dict, local / STUDENT_FILE)
+        if history is not None:
+            (local / HISTORY_FILE).write_text(json.dumps(history))
         filesystem.create_dir(partial)
         fs.copy_files(str(local), partial, destination_filesystem=filesystem)
         if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+            if not replace:
+                return
             filesystem.delete_dir(path)  # a restarted run finishing the same stage again
         filesystem.move(partial, path)
     finally:
@@ -52,7 +87,45 @@ def save_stage_student(state_dict: dict[str, Any], uri: str) -> None:
             filesystem.delete_dir(partial)
 
 
-def stage_summaries(history: list[dict[str, Any]], stages: list, uri: str | None) -> list[dict[str, Any]]:
+def load_stage(uri: str, device: torch.device) -> tuple[dict[str, Any], list[dict]]:
+    """A published stage: the student's state_dict and the run's history up to that stage."""
+    from pyarrow import fs
+
+    filesystem, path = _filesystem(uri)
+    local = Path(tempfile.mkdtemp(prefix="raykd-stage-"))
+    try:
+        fs.copy_files(path, str(local), source_filesystem=filesystem)
+        state = torch.load(local / STUDENT_FILE, map_location=device, weights_only=True)
+        history = json.loads((local / HISTORY_FILE).read_text()) if (local / HISTORY_FILE).is_file() else []
+        return state, history
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def prefix_key(spec: RunSpec, stages: list, upto: int) -> str:
+    """Names the student after stages 0..upto: same key, same weights (up to run-to-run noise).
+
+    Worker count is part of it (it changes the per-worker batch and BatchNorm statistics); the later
+    stages and the run's other settings are not, which is what lets orders share a prefix.
+    """
+    exp = spec.experiment
+    prefix = stages[: upto + 1]
+    teachers = sorted({s.method.teacher for s in prefix if s.method.teacher})
+    digest = spec_hash(
+        exp.student.model_dump(mode="json"),
+        exp.dataset.model_dump(mode="json"),
+        exp.optim.model_dump(mode="json"),
+        {t: exp.teachers[t].model_dump(mode="json") for t in teachers},
+        [{"method": s.method.model_dump(mode="json"), "schedule": s.schedule.model_dump(mode="json")} for s in prefix],
+        spec.seed,
+        spec.resources.workers,
+        spec.init_checkpoint,
+        PREFIX_KEY_VERSION,
+    )
+    return f"{stage_name(upto, prefix[-1].method.teacher)}-{digest}"
+
+
+def stage_summaries(history: list[dict[str, Any]], stages: list, uris: list[str | None]) -> list[dict[str, Any]]:
     """Per stage of a multi-stage run: its method, teacher, final metrics and kept checkpoint."""
     if len(stages) < 2:
         return []
@@ -66,7 +139,7 @@ def stage_summaries(history: list[dict[str, Any]], stages: list, uri: str | None
             "stage": i + 1,
             "method": stage.method.name,
             "teacher": stage.method.teacher,
-            "checkpoint": f"{uri}/{stage_name(i, stage.method.teacher)}" if uri else None,
+            "checkpoint": uris[i],
             "metrics": {k: v for k, v in metrics.items() if k.startswith("bbox_")},
         })
     return out
