@@ -87,25 +87,21 @@ def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: st
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in h.items() if k != "epoch"}, step)
 
 
-def _outcome(result) -> dict[str, Any]:
-    return result.return_value or {"history": [], "diverged": None}
-
-
 def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False) -> dict[str, Any]:
     """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone."""
     from raykd.config import MethodSpec
     from raykd.eval.coco import METRIC_NAMES
-    from raykd.report import metrics_table
+    from raykd.report import metrics_table, stage_rows
     from raykd.tracking.registry import register_student, registered_name
     from raykd.tracking.store import TRIAL_TAG
-    from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+    from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
     from raykd.train.stages import stage_teachers
 
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
     teachers = stage_teachers(spec)
     ensure_teachers(exp, teachers, ray_dir)
     result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
-    outcome = _outcome(result)
+    outcome = run_outcome(result)
     _log_history(tracker, run_id, outcome["history"])
     if outcome["diverged"]:
         raise Diverged(outcome["diverged"])
@@ -121,7 +117,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     baseline_metrics = None
     if baseline:
         base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
-        base = _outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
+        base = run_outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
         if base["diverged"] or not base["history"]:
             print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
         else:
@@ -144,8 +140,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
     rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
     rows[f"trial {trial.trial_id} at search fidelity ({schedule_text(trial.schedule)})"] = trial.metrics
-    for s in outcome.get("stages", [])[:-1]:
-        rows[f"final student after stage {s['stage']} ({s['method']} from {s['teacher']})"] = s["metrics"]
+    rows.update(stage_rows(outcome["stages"], "final student"))
     rows[f"final student ({spec.method.name}, {schedule_text(spec.schedule)})"] = final_metrics
     if baseline_metrics is not None:
         rows["student only (none)"] = baseline_metrics
@@ -154,7 +149,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     summary = {
         "final": final_metrics,
         "history": history,
-        "stages": outcome.get("stages", []),
+        "stages": outcome["stages"],
         "trial_id": trial.trial_id,
         "search_metrics": trial.metrics,
         "teachers": teacher_rows,

@@ -16,9 +16,9 @@ from raykd.config.run import validate_method
 from raykd.errors import exits_cleanly
 from raykd.eval.coco import METRIC_NAMES
 from raykd.files import write_json_atomic
-from raykd.report import metrics_table
+from raykd.report import metrics_table, stage_rows
 from raykd.train.checks import check_pairings, method_pairs
-from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
 from raykd.train.stages import stage_teachers
 
 
@@ -54,22 +54,21 @@ def main(argv: list[str] | None = None) -> dict:
     teachers = stage_teachers(spec)
     ensure_teachers(exp, teachers, out / "ray")
     result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
-    outcome = result.return_value or {"history": [], "diverged": None}
+    outcome = run_outcome(result)
     if outcome["diverged"]:
         print(f"error: run diverged: {outcome['diverged']}", file=sys.stderr)
         raise SystemExit(1)
     history = outcome["history"]
     final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
     rows = {f"teacher {n}": teacher_metrics(exp, n) for n in teachers}
-    for s in outcome.get("stages", [])[:-1]:
-        rows[f"student after stage {s['stage']} ({s['method']} from {s['teacher']})"] = s["metrics"]
+    rows.update(stage_rows(outcome["stages"]))
     rows[f"student ({method.name})"] = final
     print("\n" + metrics_table(rows))
     summary = {
         "final": {k: final[k] for k in METRIC_NAMES},
         "history": history,
         "teachers": {n: teacher_metrics(exp, n) for n in teachers},
-        "stages": outcome.get("stages", []),
+        "stages": outcome["stages"],
         "spec": spec.to_dict(),
     }
     write_json_atomic(out / "metrics.json", summary)

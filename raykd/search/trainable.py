@@ -12,7 +12,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raykd.config.run import RunSpec
 from raykd.spaces.sampling import trial_method
 from raykd.spaces.schema import SearchSpace
-from raykd.train.launch import build_trainer
+from raykd.train.launch import build_trainer, run_outcome
 
 
 class TrialDiverged(RuntimeError):
@@ -63,6 +63,6 @@ def run_trial(
         stage_cache=Path(results_dir) / "stage_cache" if space.search.reuse_stage_prefixes else None,
     )
     result = trainer.fit()
-    outcome = result.return_value or {}
-    if outcome.get("diverged"):
+    outcome = run_outcome(result)
+    if outcome["diverged"]:
         raise TrialDiverged(outcome["diverged"])

@@ -81,6 +81,11 @@ def build_trainer(
     )
 
 
+def run_outcome(result) -> dict[str, Any]:
+    """Rank 0's return value of a run (history, diverged, stages), empty if it returned nothing."""
+    return {"history": [], "diverged": None, "stages": [], **(result.return_value or {})}
+
+
 def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0):
     if spec.resources.workers > 0:
         ensure_ray()
@@ -111,9 +116,9 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
         # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
         run_name = cached_teacher_dir(exp, name).name
         result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path)
-        outcome = result.return_value or {}
-        if outcome.get("diverged") or result.checkpoint is None:
-            why = outcome.get("diverged") or "no checkpoint was written"
+        outcome = run_outcome(result)
+        if outcome["diverged"] or result.checkpoint is None:
+            why = outcome["diverged"] or "no checkpoint was written"
             raise ConfigError(exp.source, f"teachers.{name}.train", f"teacher training failed: {why} (try a lower lr)")
 
         def publish(tmp: Path, result=result) -> None:

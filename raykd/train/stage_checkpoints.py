@@ -103,7 +103,7 @@ def load_stage(uri: str, device: torch.device) -> tuple[dict[str, Any], list[dic
 
 
 def prefix_key(spec: RunSpec, stages: list, upto: int) -> str:
-    """Names the student after stages 0..upto: same key, same weights (up to run-to-run noise).
+    """Names the student after stages 0..upto: same key, same weights (stages are seeded at their start).
 
     Worker count is part of it (it changes the per-worker batch and BatchNorm statistics); the later
     stages and the run's other settings are not, which is what lets orders share a prefix.
