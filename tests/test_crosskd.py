@@ -91,7 +91,10 @@ def test_atss_and_fcos_pairs(kind, head, defaults, batch):
     same.eval()
     losses = make(same, t, teacher="t").losses(kd_step(same, t, batch))
     assert losses["loss_kd_cross_cls"].item() == pytest.approx(0.0, abs=1e-7)
-    assert losses["loss_kd_cross_reg"].item() == pytest.approx(0.0, abs=1e-5)
+    if not head.get("norm_on_bbox"):
+        assert losses["loss_kd_cross_reg"].item() == pytest.approx(0.0, abs=1e-5)
+    # With norm_on_bbox, distances clamped to 0 give zero-area boxes; mmdet's IoULoss (used by the
+    # official code) counts two equal empty boxes as IoU eps, −log(eps) each: test_crosskd_parity.py.
 
 
 def test_weights_scale_the_losses_and_index_is_validated(student, teachers, batch):

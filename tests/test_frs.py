@@ -67,17 +67,16 @@ def test_identity_adapters_and_equal_features_give_zero_feature_loss(student, te
     assert losses["loss_kd_frs_cls"].item() > 0  # BCE against soft targets is an entropy, not zero
 
 
-def test_linear_warmup_defaults_to_ten_percent_of_the_stage(student, teachers, batch):
+def test_linear_warmup_is_the_official_500_iterations(student, teachers, batch):
     method = make(student, teachers)
-    full = method.losses(kd_step(student, teachers, batch, iteration=50, max_iters=100))
-    # iteration 4 is the 5th of 10 warm-up steps
-    half = method.losses(kd_step(student, teachers, batch, iteration=4, max_iters=100))
+    full = method.losses(kd_step(student, teachers, batch, iteration=500, max_iters=100))
+    half = method.losses(kd_step(student, teachers, batch, iteration=250, max_iters=100))
     for key in full:
         assert half[key].item() == pytest.approx(0.5 * full[key].item(), rel=1e-5)
-    assert method.warmup_factor(0, 100) == pytest.approx(0.1)
-    assert method.warmup_factor(9, 100) == 1.0
+    assert method.warmup_factor(0, 100) == 0.0 and method.warmup_factor(50, 100) == 0.1
+    assert method.warmup_factor(500, 100) == 1.0
     explicit = make(student, teachers, warmup_iters=4)
-    assert explicit.warmup_factor(0, 100) == 0.25 and explicit.warmup_factor(3, 100) == 1.0
+    assert explicit.warmup_factor(1, 100) == 0.25 and explicit.warmup_factor(4, 100) == 1.0
     assert make(student, teachers, warmup_iters=0).warmup_factor(0, 100) == 1.0
 
 

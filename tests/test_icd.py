@@ -1,10 +1,12 @@
 import copy
+import itertools
 
 import pytest
 import torch
 from conftest import faster_rcnn, kd_step
 
 from raykd.distill import get_method
+from raykd.distill.base import StageStart
 
 SMALL = {"hidden_dim": 32, "num_heads": 4}
 KEYS = {"loss_icd_aux_cls", "loss_icd_aux_reg", "loss_kd_icd"}
@@ -22,75 +24,60 @@ def without_gt(batch, index=0):
     return inputs, samples
 
 
+def decoder_modules(method):
+    return (method.query_mlp, method.layers, method.aux_head)
+
+
 @pytest.mark.parametrize("teacher", ["big", "gfl"])
 def test_losses_are_finite_for_both_teachers(student, teachers, batch, teacher):
     method = make(student, teachers, teacher)
-    losses = method.losses(kd_step(student, teachers, batch, iteration=50))
+    losses = method.losses(kd_step(student, teachers, batch))
     assert set(losses) == KEYS
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
-    assert losses["loss_kd_icd"] > 0 and losses["loss_icd_aux_cls"] > 0
+    assert all(v > 0 for v in losses.values())
 
 
-def test_gradients_reach_student_and_icd_modules_not_teacher(student, teachers, batch):
-    method = make(student, teachers)
-    losses = method.losses(kd_step(student, teachers, batch, iteration=50, max_iters=100))
-    sum(losses.values()).backward()
-    for mod in (method.query_mlp, method.input_proj, method.layers, method.aux_cls, method.aux_reg):
-        assert all(p.grad is not None for p in mod.parameters())
-    assert method.level_embed.grad is not None
+def test_every_icd_parameter_gets_a_gradient_even_with_an_empty_image(student, teachers, batch):
+    """DDP runs without searching for unused parameters, so none may be left out."""
+    method = make(student, teachers, num_layers=2)
+    sum(method.losses(kd_step(student, teachers, without_gt(batch, 0))).values()).backward()
+    assert all(p.grad is not None for p in method.parameters())
     assert student.neck.fpn_convs[0].conv.weight.grad is not None
     assert all(p.grad is None and not p.requires_grad for t in teachers.values() for p in t.parameters())
 
 
-def test_kd_loss_alone_trains_student_not_decoder(student, teachers, batch):
-    method = make(student, teachers)
-    method.losses(kd_step(student, teachers, batch, iteration=50))["loss_kd_icd"].backward()
+def test_kd_loss_trains_student_and_its_own_projections_not_the_decoder(student, teachers, batch):
+    method = make(student, teachers, num_layers=2)
+    method.losses(kd_step(student, teachers, batch))["loss_kd_icd"].backward()
     assert student.neck.fpn_convs[0].conv.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in method.layers.parameters())
+    assert len(method.student_values) == 2  # one trainable value projection per decoder layer
+    assert all(p.weight.grad.abs().sum() > 0 for p in method.student_values)
+    assert all(p.grad is None for m in decoder_modules(method) for p in m.parameters())
 
 
-def test_warmup_blocks_kd_gradient_to_student(student, teachers, batch):
-    method = make(student, teachers)  # default warm-up: 10% of max_iters
-    assert method.warmup(kd_step(student, teachers, batch, max_iters=100)) == 10
-    losses = method.losses(kd_step(student, teachers, batch, iteration=5, max_iters=100))
-    assert losses["loss_kd_icd"] > 0
-    assert not losses["loss_kd_icd"].requires_grad  # same-channel student: no adapter to train
-    (losses["loss_icd_aux_cls"] + losses["loss_icd_aux_reg"]).backward()  # aux trains from iteration 0
-    assert all(p.grad is not None for p in method.layers.parameters())
+def test_aux_losses_train_the_decoder_only(student, teachers, batch):
+    method = make(student, teachers)
+    losses = method.losses(kd_step(student, teachers, batch))
+    (losses["loss_icd_aux_cls"] + losses["loss_icd_aux_reg"]).backward()
+    assert all(p.grad is not None for m in decoder_modules(method) for p in m.parameters())
+    assert all(p.grad is None for p in method.student_values.parameters())
     assert all(p.grad is None for p in student.parameters())
-
-
-def test_explicit_warmup_iters(student, teachers, batch):
-    method = make(student, teachers, warmup_iters=0)
-    losses = method.losses(kd_step(student, teachers, batch, iteration=0, max_iters=100))
-    assert losses["loss_kd_icd"].requires_grad
-
-
-def test_attention_weights_sum_to_one_for_real_instances_only(student, teachers, batch):
-    method = make(student, teachers, fake_ratio=5)
-    step = kd_step(student, teachers, batch)
-    weights = method.attention_weights(step)
-    n_space = sum(f.shape[-2] * f.shape[-1] for f in step.student_feats)
-    for w, sample in zip(weights, batch[1], strict=True):
-        assert w.shape == (len(sample.gt_instances), 4, n_space)
-        assert torch.allclose(w.sum(-1), torch.ones(()), atol=1e-5)
-        assert (w >= 0).all()
 
 
 def test_kd_loss_ignores_fake_instances(student, teachers, batch):
     no_fake = make(student, teachers, fake_ratio=0).eval()  # eval: no jitter, the real queries match
     many_fake = make(student, teachers, fake_ratio=10).eval()
     many_fake.load_state_dict(no_fake.state_dict())
-    step = kd_step(student, teachers, batch, iteration=50)
+    step = kd_step(student, teachers, batch)
     a, b = no_fake.losses(step)["loss_kd_icd"], many_fake.losses(step)["loss_kd_icd"]
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
 
 
-def test_lambda_scales_kd_loss(student, teachers, batch):
+def test_lambda_scales_kd_loss_only(student, teachers, batch):
     a = make(student, teachers, **{"lambda": 1.0}).eval()
     b = make(student, teachers, **{"lambda": 3.0}).eval()
     b.load_state_dict(a.state_dict())
-    step = kd_step(student, teachers, batch, iteration=50)
+    step = kd_step(student, teachers, batch)
     torch.manual_seed(0)
     la = a.losses(step)
     torch.manual_seed(0)
@@ -99,81 +86,111 @@ def test_lambda_scales_kd_loss(student, teachers, batch):
     assert lb["loss_icd_aux_cls"].item() == pytest.approx(la["loss_icd_aux_cls"].item(), rel=1e-5)
 
 
-def test_identical_features_give_zero_kd_loss(student, teachers, batch):
-    method = make(student, teachers)
-    step = kd_step(student, teachers, batch, iteration=50)
+def test_student_matching_the_teacher_value_gives_zero_kd_loss(student, teachers, batch):
+    method = make(student, teachers, num_layers=2)
+    for student_proj, layer in zip(method.student_values, method.layers, strict=True):
+        student_proj.load_state_dict(layer.v.state_dict())
+    step = kd_step(student, teachers, batch)
     step.teacher_feats = lambda name: tuple(f.detach() for f in step.student_feats)
     assert method.losses(step)["loss_kd_icd"].item() == pytest.approx(0.0, abs=1e-8)
 
 
-def test_heads_must_divide_hidden_dim():
+def test_param_checks():
     from raykd.distill.base import check_method
 
     key, msg = check_method("icd", {"hidden_dim": 64, "num_heads": 3}, None, ["big"])
     assert "num_heads" in key and "hidden_dim 64" in msg and "num_heads 3" in msg
-    assert check_method("icd", {**SMALL, "lambda": 2}, None, ["big"]) is None
+    assert check_method("icd", {"hidden_dim": 9, "num_heads": 3}, None, ["big"])[0] == "params.hidden_dim"
+    assert check_method("icd", {**SMALL, "lambda": 2, "warmup_iters": 0}, None, ["big"]) is None
     assert check_method("icd", {"num_layers": 7}, None, ["big"])[0] == "params.num_layers"
-    assert check_method("icd", {"bogus": 1}, None, ["big"])[0] == "params.bogus"
+    assert check_method("icd", {"aux_weight": 1.0}, None, ["big"])[0] == "params.aux_weight"
 
 
-def test_default_lambda_is_8_one_stage_and_3_two_stage(student, teachers):
+def test_official_defaults(student, teachers):
     from raykd.models.builder import freeze
 
-    assert make(student, teachers).lambda_ == 8.0
-    assert make(faster_rcnn(), {"big": freeze(faster_rcnn())}).lambda_ == 3.0
+    p = get_method("icd").Params()
+    assert (p.hidden_dim, p.num_heads, p.num_layers, p.fake_ratio) == (256, 8, 1, 5.0)
+    assert p.warmup_iters == 1000 and p.init_student is True
+    one_stage = make(student, teachers)
+    two_stage = make(faster_rcnn(), {"big": freeze(faster_rcnn())})
+    assert (one_stage.lambda_, one_stage.max_queries) == (8.0, 300)
+    assert (two_stage.lambda_, two_stage.max_queries) == (3.0, 100)
     assert make(student, teachers, **{"lambda": 2.0}).lambda_ == 2.0
 
 
-def test_param_groups_use_adamw(student, teachers):
+def test_param_group_is_the_official_decoder_optimiser(student, teachers):
     method = make(student, teachers)
     groups = method.param_groups({"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
     assert len(groups) == 1
     group = groups[0]
-    assert group["optimizer"] == "adamw" and group["lr"] == 1e-4 and group["weight_decay"] == 1e-4
+    assert (group["optimizer"], group["lr"], group["weight_decay"], group["clip_grad"]) == ("adamw", 1e-4, 1e-4, 0.01)
     assert {id(p) for p in group["params"]} == {id(p) for p in method.parameters()}
+
+
+def test_loop_clips_a_group_with_its_own_clip_alone():
+    from raykd.train.loop import _clip_gradients
+
+    student_p, decoder_p = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([{"params": [student_p]}, {"params": [decoder_p], "clip_grad": 0.01}])
+    student_p.grad, decoder_p.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
+    _clip_gradients(opt, 10.0)
+    assert student_p.grad.norm().item() == pytest.approx(12**0.5, rel=1e-6)  # under 10: untouched
+    assert decoder_p.grad.norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_loop_clipping_of_a_single_optimizer_is_unchanged():
+    """Bit for bit what the loop did before: all of the optimizer's params clipped together."""
+    from raykd.train.loop import _clip_gradients
+
+    torch.manual_seed(0)
+    grads = [torch.randn(4) * 10 for _ in range(3)]
+    ours, before = ([torch.nn.Parameter(torch.zeros(4)) for _ in grads] for _ in range(2))
+    for a, b, g in zip(ours, before, grads, strict=True):
+        a.grad, b.grad = g.clone(), g.clone()
+    _clip_gradients(torch.optim.SGD([{"params": ours[:2]}, {"params": ours[2:]}], lr=0.1), 1.0)
+    torch.nn.utils.clip_grad_norm_(before, 1.0)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, before, strict=True))
+    assert torch.stack([a.grad.norm() for a in ours]).norm().item() == pytest.approx(1.0, rel=1e-5)
 
 
 def test_teacher_is_not_in_state_dict(student, teachers):
     method = make(student, teachers)
     state = method.state_dict()
     assert not any("teacher" in k for k in state)
-    assert {"class_counts", "log_size_sum", "log_size_sqsum", "box_count"} <= set(state)
+    assert {"class_counts", "size_count", "size_sum", "size_sqsum"} <= set(state)
     assert sum(p.numel() for p in method.parameters()) < sum(p.numel() for p in teachers["big"].parameters())
 
 
-def test_image_without_gt_does_not_crash(student, teachers, batch):
-    method = make(student, teachers)
-    losses = method.losses(kd_step(student, teachers, without_gt(batch, 0), iteration=50))
-    assert all(torch.isfinite(v) for v in losses.values())
-    weights = method.attention_weights(kd_step(student, teachers, without_gt(batch, 0)))
-    assert weights[0].shape[0] == 0
-
-
-def test_batch_without_any_gt_or_fakes(student, teachers, batch):
+def test_batch_without_any_gt_gets_one_fake_per_image(student, teachers, batch):
     empty = batch
     for i in range(len(batch[1])):
         empty = without_gt(empty, i)
-    method = make(student, teachers, fake_ratio=0)
-    losses = method.losses(kd_step(student, teachers, empty, iteration=50))
-    assert all(v.item() == 0 for v in losses.values())
-    method = make(student, teachers, fake_ratio=2)
-    losses = method.losses(kd_step(student, teachers, empty, iteration=50))
-    assert losses["loss_kd_icd"].item() == 0 and losses["loss_icd_aux_cls"] > 0
+    method = make(student, teachers)
+    dec = method.decode(kd_step(student, teachers, empty))
+    assert dec.inst.valid.sum(1).tolist() == [1] * len(batch[1]) and not dec.inst.real.any()
+    losses = method.losses(kd_step(student, teachers, empty))
+    assert losses["loss_kd_icd"].item() == 0 and losses["loss_icd_aux_reg"].item() == 0
+    assert losses["loss_icd_aux_cls"] > 0
 
 
 def test_running_statistics_follow_the_data(student, teachers, batch):
     method = make(student, teachers)
     method.losses(kd_step(student, teachers, batch))
     n_gt = sum(len(s.gt_instances) for s in batch[1])
-    assert method.box_count.item() == n_gt
+    assert method.size_count.sum().item() == n_gt
     assert method.class_counts.sum().item() == n_gt + method.num_classes  # starts from a uniform prior
-    boxes, labels = method._fakes(50, batch[1][0].metainfo["img_shape"][:2])
-    h, w = batch[1][0].metainfo["img_shape"][:2]
-    assert boxes.shape == (50, 4) and labels.max() < method.num_classes
-    assert (boxes[:, 2:] > boxes[:, :2]).all() and (boxes[:, 2] <= w + 1).all() and (boxes[:, 3] <= h + 1).all()
+    boxes, labels = method._fakes(200)
+    assert boxes.shape == (200, 4) and labels.max() < method.num_classes
+    assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 1
+    seen = method.size_count > 1
+    mean = method.size_sum[seen] / method.size_count[seen, None]
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    assert ((sizes <= 0.7 + 1e-6) & (sizes >= 0)).all()
+    assert mean.max() <= 1  # statistics are fractions of the image
 
 
-def test_narrow_student_gets_a_trained_adapter(tiny_exp, teachers, batch):
+def test_narrow_student_gets_its_own_projection(tiny_exp, teachers, batch):
     from conftest import build
 
     spec = tiny_exp.student
@@ -181,26 +198,51 @@ def test_narrow_student_gets_a_trained_adapter(tiny_exp, teachers, batch):
     overrides["bbox_head"] = {**spec.overrides["bbox_head"], "in_channels": 16, "feat_channels": 16}
     narrow = build(spec.model_copy(update={"overrides": overrides}))
     method = make(narrow, teachers)
-    step = kd_step(narrow, teachers, batch, iteration=50)
-    assert step.student_feats[0].shape[1] == 16
-    method.losses(step)["loss_kd_icd"].backward()
-    assert method.adapter.weight.grad is not None
+    assert method.student_values[0].in_features == 16 and method.layers[0].v.in_features == 32
+    method.losses(kd_step(narrow, teachers, batch))["loss_kd_icd"].backward()
+    assert method.student_values[0].weight.grad is not None
     assert narrow.neck.fpn_convs[0].conv.weight.grad is not None
-    assert any(p is method.adapter.weight for p in method.param_groups({"lr": 0.01})[0]["params"])
 
 
-def test_kd_loss_matches_weighted_formula(student, teachers, batch):
-    from raykd.distill.icd import _tokens
-
-    method = make(student, teachers, **{"lambda": 2.0}).eval()  # eval: no jitter, same real queries
-    step = kd_step(student, teachers, batch, iteration=50)
-    weights = method.attention_weights(step)
+# ---- decoder pre-training and student initialisation (on_stage_start) ------------------------------
+def aux_loss(method, student, teachers, batch):
+    torch.manual_seed(7)  # the same fakes each time
     with torch.no_grad():
-        v_s = method._values(method.adapter(_tokens(step.student_feats)))
-        v_t = method._values(_tokens(step.teacher_feats("big")))
-    per_inst = []
-    for b, w in enumerate(weights):  # w: (n_real, heads, S)
-        sq = (v_s[b] - v_t[b]).pow(2).mean(-1).T  # (heads, S)
-        per_inst += [((a * sq).sum(-1) / a.sum(-1)).mean() for a in w]
-    expected = 2.0 * torch.stack(per_inst).mean()
-    assert method.losses(step)["loss_kd_icd"].item() == pytest.approx(expected.item(), rel=1e-4)
+        losses = method.losses(kd_step(student, teachers, batch))
+    return (losses["loss_icd_aux_cls"] + losses["loss_icd_aux_reg"]).item()
+
+
+def test_pretraining_trains_the_decoder_and_leaves_the_student_alone(student, teachers, batch):
+    method = make(student, teachers, warmup_iters=40, init_student=False)
+    method.eval()
+    before = aux_loss(method, student, teachers, batch)
+    method.train()
+    student_before = copy.deepcopy(student.state_dict())  # BN statistics included (train-mode student)
+    decoder_before = copy.deepcopy(method.state_dict())
+    method.on_stage_start(StageStart(itertools.repeat(batch), 100, 0))
+    assert all(torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+    method.eval()
+    assert aux_loss(method, student, teachers, batch) < before
+    changed = [k for k, v in method.state_dict().items() if not torch.equal(v, decoder_before[k])]
+    assert any(k.startswith("layers.") for k in changed) and any(k.startswith("student_values.") for k in changed)
+
+
+def test_no_pretraining_and_no_init_leave_everything_as_built(student, teachers, batch):
+    method = make(student, teachers, warmup_iters=0, init_student=False)
+    before = copy.deepcopy(method.state_dict())
+    student_before = copy.deepcopy(student.state_dict())
+    method.on_stage_start(StageStart(itertools.repeat(batch), 100, 0))
+    assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())
+    assert all(torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+
+
+def test_student_starts_from_the_teachers_neck_and_head_by_default(student, teachers, batch):
+    method = make(student, teachers, warmup_iters=0)
+    teacher_state = teachers["big"].state_dict()
+    name = "neck.fpn_convs.0.conv.weight"  # same shape in both (the lateral convs differ)
+    assert not torch.equal(student.state_dict()[name], teacher_state[name])
+    backbone_before = copy.deepcopy(student.backbone.state_dict())
+    method.on_stage_start(StageStart(itertools.repeat(batch), 100, 0))
+    assert torch.equal(student.state_dict()[name], teacher_state[name])
+    assert torch.equal(student.state_dict()["bbox_head.retina_cls.weight"], teacher_state["bbox_head.retina_cls.weight"])
+    assert all(torch.equal(v, backbone_before[k]) for k, v in student.backbone.state_dict().items())

@@ -42,14 +42,42 @@ def same(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stages_follow_the_order_and_split_the_schedule(exp):
-    stages = plan_stages(mtpd_spec(exp, epochs=5))
+@pytest.fixture(scope="module")
+def plan_exp():
+    """The tiny experiment without trained teachers: stage planning needs only names and schedules."""
+    return load_experiment(TINY)
+
+
+def test_stages_follow_the_order_and_split_the_schedule(plan_exp):
+    stages = plan_stages(mtpd_spec(plan_exp, epochs=5))
     assert [s.method.teacher for s in stages] == ORDER
     assert [s.schedule.epochs for s in stages] == [3, 2]  # the run costs what a single-teacher run does
-    assert all(s.method.name == "feature" and s.method.params == {} for s in stages)  # feature's own defaults
-    custom = plan_stages(mtpd_spec(exp, stage_epochs=[1, 4], base="frs", base_params={}))
+    assert {s.method.name for s in stages} == {"mgd"}  # the released code's stage method
+    custom = plan_stages(mtpd_spec(plan_exp, stage_epochs=[1, 4], base="frs", base_params={}))
     assert [s.schedule.epochs for s in custom] == [1, 4] and {s.method.name for s in custom} == {"frs"}
-    assert stage_teachers(mtpd_spec(exp)) == ORDER
+    assert stage_teachers(mtpd_spec(plan_exp)) == ORDER
+
+
+def test_full_stage_schedule_gives_every_stage_the_whole_schedule(plan_exp):
+    full = plan_stages(mtpd_spec(plan_exp, epochs=5, stage_schedule="full"))
+    assert [s.schedule.epochs for s in full] == [5, 5]  # as released: a 1x schedule per stage
+    by_iters = mtpd_spec(plan_exp, stage_schedule="full").model_copy(update={"schedule": Schedule(iters=7)})
+    assert [s.schedule.iters for s in plan_stages(by_iters)] == [7, 7]
+    split = mtpd_spec(plan_exp).model_copy(update={"schedule": Schedule(iters=7)})
+    assert [s.schedule.iters for s in plan_stages(split)] == [4, 3]
+
+
+def test_only_stage_one_starts_the_student_from_its_teacher(plan_exp):
+    from raykd.distill import get_method
+
+    stages = plan_stages(mtpd_spec(plan_exp, base_params={"alpha_mgd": 1e-4}))
+    params = [get_method(s.method.name).Params(**s.method.params) for s in stages]
+    assert [p.init_student for p in params] == [True, False]  # README: stage 2 passes init_student=False
+    assert all(p.alpha_mgd == 1e-4 for p in params)  # the rest of base_params reaches every stage
+    off = plan_stages(mtpd_spec(plan_exp, base_params={"init_student": False}))
+    assert [s.method.params["init_student"] for s in off] == [False, False]
+    feature = plan_stages(mtpd_spec(plan_exp, base="feature"))
+    assert all(s.method.params == {} for s in feature)  # no init_student to switch off: untouched
 
 
 def test_stage_two_starts_from_stage_one_and_every_stage_is_kept(exp, tmp_path, stage_spy):
@@ -57,7 +85,7 @@ def test_stage_two_starts_from_stage_one_and_every_stage_is_kept(exp, tmp_path, 
     starts = [weights for _, weights in stage_spy]
     outcome = result.return_value
     stages = outcome["stages"]
-    assert [(s["stage"], s["teacher"], s["method"]) for s in stages] == [(1, "big", "feature"), (2, "gfl", "feature")]
+    assert [(s["stage"], s["teacher"], s["method"]) for s in stages] == [(1, "big", "mgd"), (2, "gfl", "mgd")]
     stage1, stage2 = load(stages[0]["checkpoint"]), load(stages[1]["checkpoint"])
     assert len(starts) == 2
     assert not same(starts[0], stage1)  # stage 1 trained the student...
@@ -141,7 +169,11 @@ def test_single_stage_runs_keep_no_stage_folder(exp, tmp_path):
         ({"order": ["big", "big"]}, "params.order", "repeated"),
         ({"order": ["big"], "base": "mtpd"}, "params.base", "its own base"),
         ({"order": ["big", "gfl"], "stage_epochs": [1]}, "params.stage_epochs", "one per stage"),
-        ({"order": ["big"], "base_params": {"lambda": -1}}, "params.base_params.params.lambda", "greater than"),
+        ({"order": ["big"], "base_params": {"lambda_mgd": 2}}, "params.base_params.params.lambda_mgd", "less than"),
+        ({"order": ["big"], "base": "feature", "base_params": {"lambda": -1}}, "params.base_params.params.lambda", "greater than"),
+        ({"order": ["big"], "base": "ghost"}, "params.base", "unknown base method 'ghost'"),
+        ({"order": ["big"], "stage_schedule": "half"}, "params.stage_schedule", "'split' or 'full'"),
+        ({"order": ["big"], "stage_schedule": "full", "stage_epochs": [2]}, "params.stage_schedule", "not both"),
     ],
 )
 def test_invalid_settings_are_one_clear_error(params, key, words):

@@ -67,7 +67,7 @@ def test_order_k_range_decodes_each_length():
 @pytest.mark.parametrize("values", [[7], [3, 5]])
 def test_joint_choice_only_offers_valid_pairs(tmp_path, values):
     space = write(tmp_path, method="icd", params={"icd": {
-        "hidden_dim": {"type": "choice", "values": [16, 32, 35]},
+        "hidden_dim": {"type": "choice", "values": [16, 32, 70]},
         "num_heads": {"type": "choice", "values": [4, *values], "divides": "hidden_dim"}}})
     for _, m in sample(space, 30):
         assert m.params["hidden_dim"] % m.params["num_heads"] == 0
@@ -86,3 +86,46 @@ def test_shipped_spaces_parse(name):
 def test_demo_space_loads_against_the_demo_experiment():
     space = load_space(TESTS.parent / "search_spaces" / "demo.yaml")
     assert space.search.num_samples >= 8 and set(space.methods) == {"feature", "icd", "mtpd"}
+
+
+def test_grid_enumerates_every_configuration_once(tmp_path):
+    from raykd.spaces.grid import grid_points
+
+    space = write(
+        tmp_path,
+        method={"type": "choice", "values": ["feature", "mtpd"]},
+        teacher={"type": "choice", "values": ["big", "gfl"]},
+        params={"feature": {"lambda": {"type": "choice", "values": [0.5, 1.0]}},
+                "mtpd": {"order": {"type": "order", "k": [1, 2]}}},
+        search={"sampler": "grid"},
+    )
+    configs = [trial_method(space, p) for p in grid_points(define_by_run(space))]
+    seen = [(m.name, m.teacher, m.params.get("lambda"), tuple(m.params.get("order", ()))) for m in configs]
+    expected = [("feature", t, lam, ()) for t in ("big", "gfl") for lam in (0.5, 1.0)]
+    expected += [("mtpd", None, None, o) for o in [("big",), ("gfl",), ("big", "gfl"), ("gfl", "big")]]
+    assert sorted(seen, key=str) == sorted(expected, key=str)  # every point, none twice
+    assert space.search.num_samples == len(expected)
+
+
+def test_grid_refuses_continuous_parameters_and_a_different_sample_count(tmp_path):
+    from raykd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        write(tmp_path, method="feature", params={"feature": {"lambda": {"type": "loguniform", "low": 0.1, "high": 1}}},
+              search={"sampler": "grid"})
+    assert err.value.key == "params.feature.lambda" and "continuous" in err.value.message
+    with pytest.raises(ConfigError) as err:
+        write(tmp_path, method="feature", params={"feature": {"lambda": {"type": "choice", "values": [0.5, 1.0]}}},
+              search={"sampler": "grid", "num_samples": 5})
+    assert err.value.key == "search.num_samples" and "2 points" in err.value.message
+
+
+def test_asha_refuses_mtpd_trials_longer_than_the_fidelity(tmp_path):
+    from raykd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        write(tmp_path, method="mtpd", params={"mtpd": {"order": {"type": "order", "k": 2}}},
+              fixed={"mtpd": {"stage_schedule": "full"}})
+    assert err.value.key == "scheduler.type" and "stage_schedule split" in err.value.message
+    write(tmp_path, method="mtpd", params={"mtpd": {"order": {"type": "order", "k": 2}}},
+          fixed={"mtpd": {"stage_schedule": "full"}}, scheduler={"type": "none"})

@@ -120,6 +120,8 @@ class Experiment(Strict):
     seed: int = 0
     tracking_uri: str = DEFAULT_TRACKING_URI
     registered_model_name: str | None = None
+    # Label order (label i = classes[i]); default: the train annotation file's categories sorted by id.
+    classes: list[str] | None = None
     # Where this file was loaded from: relative paths inside it resolve against its folder.
     source: str = ""
 
@@ -156,29 +158,47 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the file are relative to the file, not to the caller's cwd."""
 
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and value and not value.startswith(("mmdet::", "/", "~")):
+        if isinstance(value, str) and value and not value.startswith(("mmdet::", "/", "~")) and "://" not in value:
             return str((base / value).resolve())
         return value
+
+    def fix_model(spec: Any) -> Any:
+        if not isinstance(spec, dict):
+            return spec
+        spec = {**spec}
+        if "config" in spec:
+            spec["config"] = fix(spec["config"])
+        if isinstance(spec.get("overrides"), dict):
+            spec["overrides"] = _fix_pretrained(spec["overrides"], fix)
+        return spec
 
     data = dict(data)
     ds = data.get("dataset")
     if isinstance(ds, dict) and ds.get("kind") == "coco":
         data["dataset"] = {k: fix(v) if k != "kind" and k != "image_scale" else v for k, v in ds.items()}
-    for key in ("student",):
-        if isinstance(data.get(key), dict) and "config" in data[key]:
-            data[key] = {**data[key], "config": fix(data[key]["config"])}
+    if "student" in data:
+        data["student"] = fix_model(data["student"])
     if isinstance(data.get("teachers"), dict):
         teachers = {}
         for name, t in data["teachers"].items():
-            if isinstance(t, dict):
-                t = {**t}
-                if "config" in t:
-                    t["config"] = fix(t["config"])
-                if t.get("checkpoint"):
-                    t["checkpoint"] = fix(t["checkpoint"])
+            t = fix_model(t)
+            if isinstance(t, dict) and t.get("checkpoint"):
+                t["checkpoint"] = fix(t["checkpoint"])
             teachers[name] = t
         data["teachers"] = teachers
     return data
+
+
+def _fix_pretrained(node: Any, fix) -> Any:
+    """``init_cfg: {type: Pretrained, checkpoint: PATH}`` anywhere in overrides: PATH is relative to the file."""
+    if isinstance(node, list):
+        return [_fix_pretrained(v, fix) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _fix_pretrained(v, fix) for k, v in node.items()}
+    if out.get("type") in ("Pretrained", "PretrainedInit") and isinstance(out.get("checkpoint"), str):
+        out["checkpoint"] = fix(out["checkpoint"])
+    return out
 
 
 def parse_experiment(data: dict[str, Any], source: str) -> Experiment:
@@ -205,6 +225,9 @@ def _check_files(exp: Experiment) -> None:
         for key in ("train_ann", "train_images", "val_ann", "val_images"):
             if not Path(getattr(exp.dataset, key)).expanduser().exists():
                 raise ConfigError(exp.source, f"dataset.{key}", f"not found: {getattr(exp.dataset, key)}")
+    from raykd.train.teachers import check_classes_and_checkpoints
+
+    check_classes_and_checkpoints(exp)
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from raykd.config.experiment import CocoData, ShapesData
+from raykd.config.experiment import CocoData, Experiment, ShapesData
+from raykd.data.classes import ClassMap, annotation_categories, file_class_map, shapes_class_map, split_map
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,47 @@ def resolve_data(ds: ShapesData | CocoData) -> DataPaths:
 
 
 def class_names(ann_file: Path) -> tuple[str, ...]:
-    cats = json.loads(Path(ann_file).read_text())["categories"]
-    return tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"]))
+    """An annotation file's class names in label order (sorted by category id)."""
+    return file_class_map(ann_file).names
 
 
-def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, classes: tuple[str, ...]):
+def experiment_classes(exp: Experiment) -> tuple[str, ...]:
+    """The experiment's label order, read without generating the shapes set."""
+    if isinstance(exp.dataset, ShapesData):
+        return shapes_class_map(exp.classes, exp.source).names
+    return file_class_map(exp.dataset.train_ann, exp.classes, exp.source, "dataset.train_ann").names
+
+
+def dataset_class_maps(exp: Experiment, paths: DataPaths) -> tuple[ClassMap, ClassMap]:
+    """(train, val) mappings label <-> name <-> category id, both in the experiment's label order."""
+    names = experiment_classes(exp)
+    return (split_map(paths.train.ann_file, names, exp.source, "dataset.train_ann"),
+            split_map(paths.val.ann_file, names, exp.source, "dataset.val_ann"))
+
+
+def _coco_api(names: Sequence[str]):
+    """mmdet's COCO wrapper, except that category ids come back in the order of the names asked for:
+    ``CocoDataset`` numbers labels by ``get_cat_ids`` order, which pycocotools takes from the JSON's list."""
+    from mmdet.datasets.api_wrappers import COCO
+
+    class NamedOrderCOCO(COCO):
+        def get_cat_ids(self, cat_names=(), sup_names=(), cat_ids=()):
+            ids = super().get_cat_ids(cat_names=cat_names, sup_names=sup_names, cat_ids=cat_ids)
+            by_name = {self.cats[i]["name"]: i for i in ids}
+            return [by_name[n] for n in names if n in by_name]
+
+    return NamedOrderCOCO
+
+
+def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, classes: ClassMap | Sequence[str]):
+    """mmdet's CocoDataset whose labels follow ``classes`` (a ClassMap, or names matched by name)."""
     from mmdet.datasets import CocoDataset
 
     from raykd.models.builder import register_mmdet
 
     register_mmdet()
+    cmap = classes if isinstance(classes, ClassMap) else split_map(split.ann_file, tuple(classes))
+    annotation_categories(split.ann_file)  # a malformed file fails here with one line, not deep in pycocotools
 
     pipeline = [
         dict(type="LoadImageFromFile"),
@@ -69,17 +101,21 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
     )
     from raykd.eval.coco import silenced
 
+    dataset_cls = type("RaykdCocoDataset", (CocoDataset,), {"COCOAPI": _coco_api(cmap.names)})
     with silenced():  # pycocotools prints while indexing
-        return CocoDataset(
+        ds = dataset_cls(
             data_root="",
             ann_file=str(split.ann_file),
             data_prefix=dict(img=str(split.img_dir) + "/"),
-            metainfo=dict(classes=classes),
+            metainfo=dict(classes=cmap.names),
             # Images without objects are kept: they teach the detector what background looks like.
             filter_cfg=dict(filter_empty_gt=False, min_size=0),
             pipeline=pipeline,
             test_mode=not train,
         )
+    if tuple(ds.cat_ids) != cmap.cat_ids:  # the one mapping, or nothing: never a silent relabelling
+        raise RuntimeError(f"{split.ann_file}: dataset labels {ds.cat_ids} disagree with the class map {cmap.cat_ids}")
+    return ds
 
 
 def build_loader(dataset, batch_size: int, train: bool, seed: int, world_size: int, rank: int) -> DataLoader:

@@ -9,7 +9,7 @@ teacher-output cache can later stand behind that call without any method changin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,6 +34,19 @@ class KDStep:
     iteration: int
     max_iters: int
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageStart:
+    """What a method may use once, before a fresh (not resumed) stage's first iteration.
+
+    The loop calls ``Distiller.on_stage_start`` before DDP wraps the model, so whatever it changes
+    (the student's weights, the method's own modules) is broadcast from rank 0 to every rank.
+    """
+
+    batches: Iterator[tuple[Tensor, list]]  # endless preprocessed training batches (inputs, data_samples)
+    max_iters: int  # the stage's iterations
+    rank: int
 
 
 class Distiller(nn.Module, ABC):
@@ -72,6 +85,10 @@ class Distiller(nn.Module, ABC):
     @abstractmethod
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         """Named losses (keys start with ``loss_``), already weighted."""
+
+    def on_stage_start(self, start: StageStart) -> None:
+        """Work before the stage's first iteration, e.g. initialising the student from the teacher or
+        pre-training the method's own modules. Default: nothing."""
 
     def param_groups(self, base: dict[str, float]) -> list[dict[str, Any]]:
         """Optimizer groups for this method's own parameters; default: the student's settings."""

@@ -1,7 +1,11 @@
 """Feature imitation: MSE between student and teacher FPN levels through 1x1 adapters.
 
-This is the plain baseline of many detection-KD papers and MTPD's per-stage loss:
-``L = λ · mean_l MSE(A_l(F_s^l), F_t^l)``.
+This is the plain baseline of many detection-KD papers (MTPD's released code uses MGD as its stage
+loss instead, see ``raykd/distill/mgd.py``): ``L = λ · mean_l MSE(A_l(F_s^l), F_t^l)``.
+
+The default λ (0.5 one-stage, 0.8 two-stage) is raykd's own choice, not a published value: neither
+the MTPD paper's text we could read nor its released code (github Shengcao-Cao/MTPD, which only
+ships MGD configs) contains these numbers. Set ``lambda`` when a paper's value matters.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from raykd.distill.necks import is_two_stage, paired_necks
 
 
 class FeatureParams(MethodParams):
-    # None: MTPD's values for its stage loss, 0.5 for one-stage students and 0.8 for two-stage ones.
+    # None: raykd's defaults, 0.5 for one-stage students and 0.8 for two-stage ones (not from a paper).
     lambda_: Annotated[float | None, Field(ge=0, alias="lambda")] = None
 
 

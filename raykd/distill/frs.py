@@ -8,10 +8,27 @@ some class). Per FPN level ``l`` the feature richness mask is
 and the two losses, each summed over levels, are
 
     L_feat = Σ m · (F_t − A(F_s))² / Σ m       (A: one 3×3 conv per level, student → teacher channels)
-    L_cls  = Σ m · BCE(z_s, σ(z_t)) / Σ m       (BCE on the student's logits with soft teacher targets)
+    L_cls  = Σ m · BCE(σ(z_s), σ(z_t)) / Σ m    (BCE on the student's scores with soft teacher targets)
 
-Both are scaled by a linear warm-up over the first ``warmup_iters`` iterations. Two-stage detectors
+where the sums run over the whole batch, all channels (classes) and positions of the level, so
+images without objects still count. Both are scaled by ``min(1, iteration / warmup_iters)``
+(0-based iteration, so the first step adds nothing) with ``warmup_iters`` 500. Two-stage detectors
 use the RPN objectness as their classification scores.
+
+All of this is the official code's (github:duzhixing/FRS): ``detectors/distill_frs_single.py``
+``Distilling_FRS_Single.forward_train`` and ``detectors/distill_frs_two.py``
+``Distilling_FRS_Two.forward_train`` (mask, both losses, warm-up ``iter / distill_warm_step`` while
+``distill_warm_step > iter``, ``iter`` being mmcv's 0-based ``runner.iter`` set by
+``utils/increase_hook.py`` ``Increase_Hook.before_iter``), ``neck/adap.py`` ``ADAP`` (the adapters:
+3×3, bias, no ReLU, one per level) and ``config/distill_frs/resnet50_resnet101_*_frs.py`` (weights
+and ``distill_warm_step=500``). One intentional difference: the BCE is computed from logits
+(``binary_cross_entropy_with_logits``) instead of on sigmoids, which is the same value except where
+the official ``log`` clamps at −100 (|logit| > ~100).
+
+The default weights were tuned on COCO (256 FPN channels, 80 classes). Because both losses *sum*
+over channels and classes before dividing by Σ m, the same weight acts much weaker on the shapes
+demo (64 channels, 4 classes): about 4× weaker for ``L_feat`` and 20× for ``L_cls`` at equal
+per-element errors, so the demo's weights are not comparable with the paper's.
 """
 
 from __future__ import annotations
@@ -44,7 +61,10 @@ def _rpn_logits(head: nn.Module, x: Tensor) -> Tensor:
 
 
 # The one seam per head type: how to get its classification logits from one FPN level, the name of
-# that predictor (for channel checks), and the paper's (feat_weight, cls_weight) for that detector.
+# that predictor (for channel checks), and the official (distill_feat_weight, distill_cls_weight) from
+# github:duzhixing/FRS config/distill_frs/resnet50_resnet101_{retinanet,gfl,fcos,faster_rcnn}_frs.py.
+# The official code reads ``bbox_head(x)[0]`` (``rpn_head(x)[0]`` for Faster R-CNN): the same logits.
+# ATSS has no official config, hence no default.
 _HEADS: dict[str, tuple[Callable[[nn.Module, Tensor], Tensor], str, tuple[float, float] | None]] = {
     "RetinaHead": (_stacked_then("retina_cls"), "retina_cls", (0.005, 0.02)),
     "GFLHead": (_stacked_then("gfl_cls"), "gfl_cls", (0.1, 0.05)),
@@ -62,7 +82,8 @@ def _frs_head(detector: nn.Module):
 class FRSParams(MethodParams):
     feat_weight: Annotated[float | None, Field(ge=0)] = None  # None: the paper's value for the student's head
     cls_weight: Annotated[float | None, Field(ge=0)] = None
-    warmup_iters: Annotated[int | None, Field(ge=0)] = None  # None: 10% of the stage's iterations
+    # The official 500 iterations (distill_warm_step in every official config), whatever the schedule.
+    warmup_iters: Annotated[int, Field(ge=0)] = 500
 
 
 @register_method
@@ -95,10 +116,13 @@ class FRS(Distiller):
         self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 3, padding=1) for _ in range(levels))
 
     def warmup_factor(self, iteration: int, max_iters: int) -> float:
+        """``iteration / warmup_iters`` until the warm-up ends, as the official code scales both losses.
+
+        ``iteration`` is 0-based like mmcv's ``runner.iter``, so the very first step has factor 0.
+        ``max_iters`` is unused: the official ramp does not depend on the schedule's length.
+        """
         warmup = self.params.warmup_iters
-        if warmup is None:
-            warmup = int(0.1 * max_iters)
-        return 1.0 if warmup <= 0 else min(1.0, (iteration + 1) / warmup)
+        return 1.0 if iteration >= warmup else iteration / warmup
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         t_feats = step.teacher_feats(self.teacher_name)

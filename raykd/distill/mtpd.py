@@ -1,27 +1,40 @@
-"""MTPD: multi-teacher progressive distillation (ICML'23).
+"""MTPD: multi-teacher progressive distillation (Cao et al., ICML'23).
 
 Not a loss of its own: a run becomes a sequence of stages, stage i distilling from teacher
-``order[i]`` with a base method (feature imitation by default, whose λ defaults to MTPD's 0.5 for
-one-stage and 0.8 for two-stage students), the student carried over
-from stage i-1. The run's schedule is split evenly across stages unless ``stage_epochs`` is given,
-so an MTPD trial costs the same as a single-teacher trial in a search.
+``order[i]`` with a base method, the student carried over from stage i-1. What the released code
+(github Shengcao-Cao/MTPD, README "Training with MTPD") runs, and the defaults here:
+
+- base method MGD (``mtpd_mgd/configs/distillers/mgd/*``: every stage config is an MGD distiller);
+- stage 1 starts the student's neck and heads from its teacher (``init_student = True`` in every
+  stage config); stage i+1 loads stage i's student (``distiller.student_pretrained``, from
+  ``tools/pth_transfer.py``: student weights only, so the generator and the optimiser start afresh)
+  and passes ``distiller.init_student=False``. ``mtpd_stages`` therefore gives later stages
+  ``init_student: false`` when the base method has that parameter;
+- each stage trains a full 1x schedule (the stage configs inherit ``*_1x_coco.py``; MGD's own
+  single-teacher baselines use 2x), i.e. ``stage_schedule: full``. The default here is ``split``
+  (the run's schedule divided evenly), so an MTPD trial costs what a single-teacher trial does in a
+  search; ``stage_epochs`` sets each stage's length explicitly.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
 from raykd.distill.base import MethodParams
 
 NAME = "mtpd"
+INIT_KEY = "init_student"  # a base method's switch for starting the student from its teacher
 
 
 class MTPDParams(MethodParams):
     order: Annotated[list[str], Field(min_length=1)]
-    base: str = "feature"
+    base: str = "mgd"  # the released code's stage method
     base_params: dict[str, Any] = {}  # the base method's own defaults
+    # split: the run's schedule divided evenly across stages; full: every stage trains the whole
+    # schedule (as released). stage_epochs, when given, sets each stage's epochs instead.
+    stage_schedule: Literal["split", "full"] = "split"
     stage_epochs: list[Annotated[int, Field(gt=0)]] | None = None
 
 
@@ -44,28 +57,56 @@ def check_mtpd(params: dict[str, Any], pool: list[str]) -> tuple[str, str] | Non
         return "params.order", f"teacher repeated in order {p.order}"
     if p.base == NAME:
         return "params.base", "mtpd cannot be its own base method"
+    if p.base not in _base_names():
+        return "params.base", f"unknown base method {p.base!r} (expected one of {', '.join(_base_names())})"
     if p.stage_epochs is not None and len(p.stage_epochs) != len(p.order):
         return "params.stage_epochs", f"expected {len(p.order)} entries, one per stage (got {len(p.stage_epochs)})"
+    if p.stage_epochs is not None and "stage_schedule" in p.model_fields_set:
+        return "params.stage_schedule", "give stage_schedule or stage_epochs, not both"
     problem = check_method(p.base, p.base_params, None, pool)
     if problem:
         return f"params.base_params.{problem[0]}", problem[1]
     return None
 
 
-def mtpd_stages(method, schedule, pool: list[str]) -> list:
+def _base_names() -> list[str]:
+    from raykd.distill.base import method_names
+
+    return [m for m in method_names() if m != NAME]
+
+
+def stage_schedules(p: MTPDParams, schedule) -> list:
+    """Each stage's schedule: explicit ``stage_epochs``, the whole run schedule per stage (``full``),
+    or the run schedule split evenly (``split``; earlier stages get the remainder)."""
     from raykd.config.experiment import Schedule
+
+    k = len(p.order)
+    if p.stage_epochs is not None:
+        return [Schedule(epochs=e) for e in p.stage_epochs]
+    if p.stage_schedule == "full":
+        return [schedule] * k
+    if schedule.epochs is not None:
+        return [Schedule(epochs=max(1, schedule.epochs // k + (i < schedule.epochs % k))) for i in range(k)]
+    return [Schedule(iters=max(1, schedule.iters // k + (i < schedule.iters % k))) for i in range(k)]
+
+
+def stage_base_params(p: MTPDParams, stage_idx: int) -> dict[str, Any]:
+    """The base method's params for one stage. Only stage 1 may start the student from its teacher:
+    later stages continue from the previous student (the released README passes
+    ``distiller.init_student=False`` to stage 2)."""
+    from raykd.distill.base import get_method
+
+    if stage_idx == 0 or INIT_KEY not in get_method(p.base).Params.model_fields:
+        return dict(p.base_params)
+    return {**p.base_params, INIT_KEY: False}
+
+
+def mtpd_stages(method, schedule, pool: list[str]) -> list:
     from raykd.config.run import MethodSpec
     from raykd.train.stages import Stage
 
     p = MTPDParams(**method.params)
-    k = len(p.order)
-    if p.stage_epochs is not None:
-        schedules = [Schedule(epochs=e) for e in p.stage_epochs]
-    elif schedule.epochs is not None:
-        schedules = [Schedule(epochs=max(1, schedule.epochs // k + (i < schedule.epochs % k))) for i in range(k)]
-    else:
-        schedules = [Schedule(iters=max(1, schedule.iters // k + (i < schedule.iters % k))) for i in range(k)]
     return [
-        Stage(MethodSpec(name=p.base, params=p.base_params, teacher=t), s)
-        for t, s in zip(p.order, schedules, strict=True)
+        Stage(MethodSpec(name=p.base, params=stage_base_params(p, i), teacher=t), s)
+        for i, (t, s) in enumerate(zip(p.order, stage_schedules(p, schedule), strict=True))
     ]

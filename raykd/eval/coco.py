@@ -29,8 +29,13 @@ def silenced():
         builtins.print = saved
 
 
-def detections_to_coco(data_samples: Sequence, cat_ids: Sequence[int]) -> list[dict]:
-    """mmdet predictions (boxes already rescaled to the original image) as COCO result dicts."""
+def detections_to_coco(data_samples: Sequence, cat_ids) -> list[dict]:
+    """mmdet predictions (boxes already rescaled to the original image) as COCO result dicts.
+
+    ``cat_ids``: the evaluated file's ``ClassMap`` (raykd.data.classes), or its ``cat_ids``: label i
+    is category ``cat_ids[i]``, the same mapping the dataset trained with.
+    """
+    cat_ids = tuple(getattr(cat_ids, "cat_ids", cat_ids))
     out = []
     for sample in data_samples:
         pred = sample.pred_instances

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +75,110 @@ def model_cfg(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(cfg.model.to_dict(), overrides)
 
 
+PRETRAINED_ENV = "RAYKD_PRETRAINED"
+NAMED_SCHEMES = ("torchvision://", "open-mmlab://", "openmmlab://")
+
+
+def _walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    """Every mapping in a nested config, with its dotted path."""
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, (*path, str(k)))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _walk(v, (*path, str(i)))
+
+
+def pretrained_file(name: str) -> Path | None:
+    """Where a pretrained-weights name is found offline, or None if it cannot be.
+
+    The rule: a local path is itself; with ``RAYKD_PRETRAINED=DIR`` set,
+    ``torchvision://NAME`` and ``open-mmlab://NAME`` (or ``openmmlab://``) are ``DIR/NAME.pth``
+    (e.g. ``torchvision://resnet50`` -> ``DIR/resnet50.pth``) and an ``http(s)://`` URL is
+    ``DIR/<the URL's file name>``. Nothing is ever downloaded.
+    """
+    if "://" not in name:
+        return Path(name).expanduser()
+    root = os.environ.get(PRETRAINED_ENV)
+    if not root:
+        return None
+    for scheme in NAMED_SCHEMES:
+        if name.startswith(scheme):
+            return Path(root).expanduser() / f"{name[len(scheme):]}.pth"
+    if name.startswith(("http://", "https://")):
+        return Path(root).expanduser() / name.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    return None
+
+
+def resolve_pretrained(cfg: dict[str, Any], source: str = "", key: str = "") -> dict[str, Any]:
+    """Point every ``init_cfg: {type: Pretrained, checkpoint: ...}`` at a local file (in place), or
+    refuse before mmengine tries a download (no network, and torchvision is not installed)."""
+    for path, node in list(_walk(cfg)):
+        if node.get("type") not in ("Pretrained", "PretrainedInit") or not node.get("checkpoint"):
+            continue
+        name = str(node["checkpoint"])
+        where = ".".join(filter(None, [key, "overrides", *path, "checkpoint"]))
+        local = pretrained_file(name)
+        if local is None:
+            env = os.environ.get(PRETRAINED_ENV)
+            raise ConfigError(source, where, f"cannot fetch pretrained weights {name!r} offline: give a local file "
+                                             f"(init_cfg: {{type: Pretrained, checkpoint: PATH}}), set {PRETRAINED_ENV} "
+                                             f"to a folder of <name>.pth files{f' (now {env})' if env else ''}, or "
+                                             "init_cfg: null to train from scratch")
+        if not local.is_file():
+            raise ConfigError(source, where, f"pretrained weights for {name!r} not found: {local}")
+        node["checkpoint"] = str(local)
+    return cfg
+
+
+def config_num_classes(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    """Every ``num_classes`` of a model config (heads of every stage), with its dotted path. The RPN's
+    is left out: it is a class-agnostic objectness head whatever the dataset."""
+    return [(".".join([*path, "num_classes"]), int(node["num_classes"]))
+            for path, node in _walk(cfg) if isinstance(node.get("num_classes"), int) and path[:1] != ("rpn_head",)]
+
+
+def check_model_cfg(config: str, overrides: dict[str, Any], classes: Sequence[str], source: str, key: str) -> None:
+    """Before any work: pretrained weights are local, and every head has the dataset's class count
+    (one that has not would predict labels with no name, or the wrong one)."""
+    cfg = resolve_pretrained(model_cfg(config, overrides), source, key)
+    for path, n in config_num_classes(cfg):
+        if n != len(classes):
+            shown = f"{list(classes)[:6]}{'…' if len(classes) > 6 else ''}"
+            raise ConfigError(source, f"{key}.overrides.{path}", f"num_classes is {n} but the dataset has "
+                                                                 f"{len(classes)} classes {shown}")
+
+
 def build_detector(config: str, overrides: dict[str, Any], source: str = "", key: str = "") -> nn.Module:
     """Build and initialise a detector. Config mistakes become one-line ConfigErrors."""
     register_mmdet()
     from mmdet.registry import MODELS
     from mmengine.config import ConfigDict
 
-    cfg = ConfigDict(model_cfg(config, overrides))  # mmdet reads train/test cfgs by attribute
+    from raykd.models.checkpoints import allowed_globals
+
+    cfg = ConfigDict(resolve_pretrained(model_cfg(config, overrides), source, key))  # mmdet reads cfgs by attribute
     try:
         model = MODELS.build(cfg)
-        model.init_weights()
-    except (KeyError, TypeError, ValueError, AssertionError) as err:
+        with torch.serialization.safe_globals(allowed_globals()):  # pretrained files may be mmengine checkpoints
+            model.init_weights()
+    except (KeyError, TypeError, ValueError, AssertionError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise ConfigError(source, key, f"cannot build the detector from {config}: {msg}") from None
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path, source: str = "", key: str = "") -> None:
-    """Load a state dict saved by raykd (or mmdet's ``{'state_dict': ...}``), safely."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+def load_weights(model: nn.Module, path: str | Path, source: str = "", key: str = "",
+                 classes: Sequence[str] | None = None) -> None:
+    """Load a raykd, mmengine or mmdet 2.x checkpoint safely; with ``classes`` (the experiment's label
+    order) a checkpoint that records its own is remapped to that order, or refused."""
+    from raykd.models.checkpoints import safe_load, state_dict_of
+
+    ckpt = safe_load(path, source, key)
+    state = state_dict_of(ckpt, path, source, key)
+    if classes is not None:
+        state = _to_label_order(model, ckpt, state, classes, path, source, key)
     where = source or str(path)
     try:
         result = model.load_state_dict(state, strict=False)
@@ -108,6 +194,20 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "", key: str 
             f"checkpoint {path} does not match the config ({len(missing)} missing, "
             f"{len(result.unexpected_keys)} unexpected keys, e.g. {example!r})",
         )
+
+
+def _to_label_order(model, ckpt, state, classes, path, source: str, key: str) -> dict:
+    from raykd.models.checkpoints import class_permutation, recorded_classes, remap_state
+
+    recorded = recorded_classes(ckpt)
+    perm = class_permutation(recorded, classes, path, source, key) if recorded is not None else None
+    if perm is None:
+        return state
+    state, changed = remap_state(model, state, perm)
+    if not changed:
+        raise ConfigError(source, key, f"{path} lists the dataset's classes in another order and raykd cannot find this "
+                                       "head's classifier to reorder; give `classes:` in the checkpoint's order")
+    return state
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -30,6 +30,7 @@ from raykd.files import write_json_atomic
 from raykd.search.layout import BEST_FILE, STATE_FILE
 from raykd.search.searcher import EarlyStopAwareOptunaSearch, make_sampler
 from raykd.search.trainable import run_trial, trial_spec
+from raykd.spaces.grid import grid_points
 from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
@@ -223,6 +224,7 @@ def _new_tuner(space, trainable, results_dir, epochs, logger):
     s = space.search
     searcher = EarlyStopAwareOptunaSearch(
         space=define_by_run(space),
+        points_to_evaluate=grid_points(define_by_run(space)) if s.sampler == "grid" else None,
         metric=space.metric,
         mode=space.mode,
         sampler=make_sampler(s),

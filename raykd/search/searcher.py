@@ -17,10 +17,8 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=settings.n_startup_trials)
     if settings.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    if settings.sampler == "grid":
-        # A define-by-run space has no static grid; a seeded random sampler stands in and the
-        # summary says so. Use `random` explicitly for clarity.
-        return optuna.samplers.RandomSampler(seed=seed)
+    # `random`; and `grid`, whose every point is enqueued up front (grid_points), so the sampler
+    # never draws: num_samples equals the grid's size.
     return optuna.samplers.RandomSampler(seed=seed)
 
 

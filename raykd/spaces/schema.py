@@ -182,10 +182,20 @@ def _check_samples(space: SearchSpace) -> None:
         except ConfigError as err:
             key = err.key.replace(f"params.{method.name}.params.", f"params.{method.name}.")
             raise ConfigError(space.source, key, err.message) from None
+        _check_asha_length(space, method)
         for base, params, teacher in method_pairs(method.name, method.params, method.teacher, space.exp.teacher_names):
             pairs.setdefault((base, teacher), (base, params, teacher))
         study.tell(trial, 0.0)
     check_pairings(space.exp, list(pairs.values()), space.source, "method")
+
+
+def _check_asha_length(space: SearchSpace, method) -> None:
+    """ASHA stops every trial at the fidelity schedule's epochs; an MTPD trial whose stages each run
+    a full schedule (or their own epochs) is longer, and would be cut after its first stage."""
+    longer = method.params.get("stage_schedule") == "full" or method.params.get("stage_epochs")
+    if method.name == "mtpd" and longer and space.scheduler.type == "asha":
+        raise ConfigError(space.source, "scheduler.type", "ASHA stops trials at the fidelity schedule's length, but "
+                          "MTPD trials with stage_schedule full or stage_epochs run longer: use stage_schedule split, or scheduler none")
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -205,4 +215,25 @@ def load_space(path: str | Path) -> SearchSpace:
     exp = parse_experiment(_resolve_paths(exp_data, exp_path.resolve().parent), str(exp_path))
     space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
     _check_params(space)
-    return space
+    return _with_grid_size(space) if space.search.sampler == "grid" else space
+
+
+def _with_grid_size(space: SearchSpace) -> SearchSpace:
+    """A grid search runs every point of the space once: refuse a space that has no finite grid,
+    and set num_samples to the grid's size (refusing a different one the file asks for)."""
+    from raykd.spaces.grid import ContinuousParameter, grid_points
+    from raykd.spaces.sampling import define_by_run
+
+    try:
+        points = grid_points(define_by_run(space))
+    except ContinuousParameter as err:
+        key = "params." + str(err.args[0]).replace("/", ".")
+        raise ConfigError(space.source, key, "is continuous, so the space has no grid: give it as a choice, "
+                          "or use sampler random/tpe") from None
+    except ValueError as err:
+        raise ConfigError(space.source, "search.sampler", str(err)) from None
+    given = space.search.num_samples
+    if "num_samples" in space.search.model_fields_set and given != len(points):
+        raise ConfigError(space.source, "search.num_samples",
+                          f"the grid has {len(points)} points, each run once (got num_samples {given}; leave it out)")
+    return space.model_copy(update={"search": space.search.model_copy(update={"num_samples": len(points)})})

@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raykd.config.run import RunSpec
-from raykd.data.loaders import build_dataset, build_loader, class_names, resolve_data
-from raykd.distill.base import get_method
+from raykd.data.loaders import build_dataset, build_loader, dataset_class_maps, resolve_data
+from raykd.distill.base import StageStart, get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.layout import STATE_FILE, STUDENT_FILE
@@ -57,6 +57,18 @@ def say(message: str) -> None:
 
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _clip_gradients(optimizer: torch.optim.Optimizer, default: float | None) -> None:
+    """Clip one optimizer's gradient norm: a param group carrying its own ``clip_grad`` (a method
+    module with its own recipe, e.g. ICD's decoder) alone, the other groups together at ``default``.
+    Optimizers are clipped apart, so one's large gradients never shrink another's."""
+    shared = [p for g in optimizer.param_groups if "clip_grad" not in g for p in g["params"]]
+    if default and shared:
+        torch.nn.utils.clip_grad_norm_(shared, default)
+    for group in optimizer.param_groups:
+        if "clip_grad" in group:
+            torch.nn.utils.clip_grad_norm_(group["params"], group["clip_grad"])
 
 
 def _from_rank0(value: int, device: torch.device) -> int:
@@ -93,10 +105,12 @@ class Worker:
         self._seed(0)
 
         paths = resolve_data(self.exp.dataset)
-        classes = class_names(paths.train.ann_file)
-        train_ds = build_dataset(paths.train, paths.image_scale, True, classes)
-        val_ds = build_dataset(paths.val, paths.image_scale, False, classes)
-        self.cat_ids = list(val_ds.cat_ids)
+        # One mapping label <-> class name <-> category id per file, in the experiment's label order.
+        train_map, val_map = dataset_class_maps(self.exp, paths)
+        self.classes = train_map.names
+        train_ds = build_dataset(paths.train, paths.image_scale, True, train_map)
+        val_ds = build_dataset(paths.val, paths.image_scale, False, val_map)
+        self.cat_ids = list(val_map.cat_ids)
         per_worker = self.exp.optim.batch_size // max(self.world, 1)
         self.train_loader = build_loader(train_ds, per_worker, True, spec.seed, self.world, self.rank)
         self.val_loader = build_loader(val_ds, per_worker, False, spec.seed, self.world, self.rank)
@@ -117,16 +131,19 @@ class Worker:
         for name in stage_teachers(self.spec):
             t = self.exp.teachers[name]
             model = build_detector(t.config, t.overrides, self.exp.source, f"teachers.{name}")
-            load_weights(model, teacher_checkpoint(self.exp, name), self.exp.source, f"teachers.{name}.checkpoint")
+            load_weights(model, teacher_checkpoint(self.exp, name), self.exp.source, f"teachers.{name}.checkpoint",
+                         classes=self.classes)
             teachers[name] = freeze(model.to(self.device))
         return teachers
 
     # ---- one stage -------------------------------------------------------------------------
-    def _build_stage(self, stage: Stage):
+    def _build_stage(self, stage: Stage, fresh: bool):
         cls = get_method(stage.method.name)
         params = cls.Params(**stage.method.params)
         teacher = (stage.method.teacher or self.exp.first_teacher) if cls.uses_teacher else None
         distiller = cls(self.student, self.teachers, params, teacher).to(self.device)
+        if fresh:  # before DDP: its construction broadcasts rank 0's weights to every rank
+            distiller.on_stage_start(StageStart(self._endless_batches(), stage_iters(stage.schedule, len(self.train_loader))[0], self.rank))
         model = DistillModel(self.student, distiller, self.teachers)
         ddp = model
         if _is_distributed():
@@ -149,6 +166,16 @@ class Worker:
         make = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
         optimizers = [make[kind](g) for kind, g in groups.items() if g]
         return model, ddp, distiller, optimizers
+
+    def _endless_batches(self):
+        """Preprocessed training batches for a method's stage-start work, epoch after epoch."""
+        epoch = 0
+        while True:
+            self.train_loader.sampler.set_epoch(10**6 + epoch)  # not an epoch the stage itself will draw
+            for batch in self.train_loader:
+                data = self.student.data_preprocessor(batch, True)
+                yield data["inputs"], data["data_samples"]
+            epoch += 1
 
     def _lr_factor(self, it: int, total: int) -> float:
         warm = min(self.exp.optim.warmup_iters, max(total // 4, 1))
@@ -225,7 +252,7 @@ class Worker:
         stage = self.stages[stage_idx]
         if len(self.stages) > 1:  # single-stage runs keep the seeding they always had
             self._seed(stage_idx)
-        model, ddp, distiller, optimizers = self._build_stage(stage)
+        model, ddp, distiller, optimizers = self._build_stage(stage, fresh=resume is None)
         ipe = len(self.train_loader)
         total, epochs = stage_iters(stage.schedule, ipe)
         it, epoch = 0, 0
@@ -238,6 +265,7 @@ class Worker:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         faults = self.spec.faults
         grad_clip = self.exp.optim.grad_clip
+        clipping = bool(grad_clip) or any("clip_grad" in g for opt in optimizers for g in opt.param_groups)
         loss_bound = self.exp.optim.max_loss
         label = f"stage {stage_idx + 1}/{len(self.stages)} {stage.method.name}"
         while it < total:
@@ -266,11 +294,10 @@ class Worker:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if grad_clip:
+                if clipping:
                     for opt in optimizers:
                         scaler.unscale_(opt)
-                    params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                        _clip_gradients(opt, grad_clip)
                 for opt in optimizers:
                     scaler.step(opt)
                 scaler.update()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from raykd.cache import cache_root
-from raykd.config.experiment import Experiment, spec_hash
+from raykd.config.experiment import Experiment, ShapesData, spec_hash
+from raykd.errors import ConfigError
 from raykd.train.layout import STUDENT_FILE
 
 TEACHER_TRAINING_VERSION = 1
@@ -15,8 +16,20 @@ def teacher_key(exp: Experiment, name: str) -> str:
     t = exp.teachers[name]
     return spec_hash(
         t.config, t.overrides, t.train.model_dump(mode="json"), exp.dataset.model_dump(mode="json"),
-        (t.train.optim or exp.optim).model_dump(), TEACHER_TRAINING_VERSION,
+        (t.train.optim or exp.optim).model_dump(), TEACHER_TRAINING_VERSION, *_label_order_part(exp),
     )
+
+
+def _label_order_part(exp: Experiment) -> tuple:
+    """A cached teacher's labels mean the classes in the order it was trained with, and a raw state
+    dict does not record them: the order is part of its key, so an annotation file whose categories
+    change (or a new ``classes:``) trains a new teacher instead of reusing one whose labels now mean
+    other classes. Left out for the shapes set in its own order, whose cached teachers stay valid."""
+    if isinstance(exp.dataset, ShapesData) and exp.classes is None:
+        return ()
+    from raykd.data.loaders import experiment_classes
+
+    return (list(experiment_classes(exp)),)
 
 
 def cached_teacher_dir(exp: Experiment, name: str) -> Path:
@@ -32,3 +45,42 @@ def teacher_checkpoint(exp: Experiment, name: str) -> Path:
 
 def missing_teachers(exp: Experiment, names: list[str]) -> list[str]:
     return [n for n in names if not teacher_checkpoint(exp, n).is_file()]
+
+
+def check_classes_and_checkpoints(exp: Experiment) -> None:
+    """Before any work: the annotation files are COCO, every head has the dataset's class count, and
+    every given teacher checkpoint loads safely and means the dataset's classes (or can be remapped)."""
+    from raykd.data.classes import split_map
+    from raykd.data.loaders import experiment_classes
+    from raykd.models.builder import check_model_cfg
+
+    classes = experiment_classes(exp)
+    if not isinstance(exp.dataset, ShapesData):
+        split_map(exp.dataset.val_ann, classes, exp.source, "dataset.val_ann")
+    check_model_cfg(exp.student.config, exp.student.overrides, classes, exp.source, "student")
+    for name, t in exp.teachers.items():
+        check_model_cfg(t.config, t.overrides, classes, exp.source, f"teachers.{name}")
+        if t.checkpoint is not None:
+            check_teacher_checkpoint(exp, name, classes)
+
+
+def check_teacher_checkpoint(exp: Experiment, name: str, classes) -> None:
+    from raykd.models.checkpoints import (
+        DENSE_CLS,
+        ROI_CLS,
+        class_permutation,
+        recorded_classes,
+        safe_load,
+        state_dict_of,
+    )
+
+    key, path = f"teachers.{name}.checkpoint", teacher_checkpoint(exp, name)
+    ckpt = safe_load(path, exp.source, key)
+    state = state_dict_of(ckpt, path, exp.source, key)
+    recorded = recorded_classes(ckpt)
+    if recorded is None or class_permutation(recorded, classes, path, exp.source, key) is None:
+        return
+    layers = {k.rsplit(".", 2)[-2] for k in state if k.count(".") >= 1}
+    if not layers & {*DENSE_CLS, ROI_CLS}:
+        raise ConfigError(exp.source, key, f"{path} lists the dataset's classes in another order and raykd cannot "
+                                           "reorder this head's classifier; give `classes:` in the checkpoint's order")
