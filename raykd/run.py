@@ -32,11 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the experiment's resources.workers)")
     p.add_argument("--seed", type=int, help="random seed (default: the experiment's seed)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<experiment>-<method>-<time>)")
+    p.add_argument("--check", action="store_true", help="pre-flight check (models, checkpoints, data, step times, "
+                                                        "compute estimate) without Ray; exit 0 or 2")
     return p.parse_args(argv)
 
 
 @exits_cleanly
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     exp = load_experiment(args.experiment)
     method = MethodSpec(name=args.method, params=parse_sets(args.sets), teacher=args.teacher)
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
         seed=exp.seed if args.seed is None else args.seed,
         resources=with_workers(exp.resources, args.workers),
     )
+    if args.check:
+        from raykd.check import SearchPlan, print_check
+
+        return print_check(exp, spec.resources, SearchPlan(trials=None, schedule=exp.schedules.search))
     out = (args.out or Path("runs") / f"{exp.name}-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     teachers = stage_teachers(spec)
     ensure_teachers(exp, teachers, out / "ray")

@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: from the space/experiment file)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local one)")
     p.add_argument("--num-samples", type=int, help="override search.num_samples")
+    p.add_argument("--check", action="store_true", help="pre-flight check (models, checkpoints, data, step times, "
+                                                        "compute estimate) without Ray; exit 0 or 2")
     return p.parse_args(argv)
 
 
@@ -31,11 +33,10 @@ def _load(args: argparse.Namespace):
     from raykd.spaces import load_space
 
     if args.resume:
-        state_file = args.resume / "search.json"
-        if not state_file.is_file():
-            raise ConfigError(str(args.resume), "--resume", "not a raykd search results directory (no search.json)")
-        state = json.loads(state_file.read_text())
-        if state.get("status") == "finished":
+        from raykd.search.layout import read_state
+
+        state = read_state(args.resume)
+        if state["status"] == "finished":
             raise ConfigError(str(args.resume), "--resume", "this search already finished")
         return load_space(state["space"]), args.resume, state.get("tracking_uri")
     if args.space is None:
@@ -45,6 +46,8 @@ def _load(args: argparse.Namespace):
         if args.num_samples < 1:
             raise ConfigError("--num-samples", "", f"must be >= 1 (got {args.num_samples})")
         space = space.model_copy(update={"search": space.search.model_copy(update={"num_samples": args.num_samples})})
+    if args.check:
+        return space, None, args.tracking_uri
     results = args.results_dir or Path("runs") / f"search-{args.space.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if results.exists() and any(results.iterdir()):
         raise ConfigError(str(results), "--results-dir", "already exists and is not empty (use --resume to continue it)")
@@ -55,6 +58,11 @@ def _load(args: argparse.Namespace):
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     space, results_dir, uri = _load(args)
+    if args.check:
+        from raykd.check import SearchPlan, print_check
+
+        plan = SearchPlan(trials=space.search.num_samples, schedule=space.schedule, subset=space.subset)
+        return print_check(space.exp, space.run_resources, plan)
     from raykd.search.runner import run_search
 
     outcome = run_search(space, results_dir, resume=bool(args.resume), address=args.address,

@@ -92,6 +92,15 @@ def kd_step(student, teachers, batch, iteration=0, max_iters=100):
     return KDStep(inputs, samples, feats, teacher_feats, iteration, max_iters)
 
 
+def with_empty_images(batch, empty):
+    """The batch with the GT boxes of the images in ``empty`` removed (uneven counts per image)."""
+    inputs, samples = batch
+    samples = [s.clone() for s in samples]
+    for index in empty:
+        samples[index].gt_instances = samples[index].gt_instances[:0]
+    return inputs, samples
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for every in-process test that needs it."""

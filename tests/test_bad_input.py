@@ -129,3 +129,32 @@ def test_stock_pretrained_backbone_offline(sets, tmp_path):
     path.write_text(yaml.safe_dump(data))
     line = run_cli([path], tmp_path)
     assert "student.overrides.backbone.init_cfg.checkpoint: " in line and PRETRAINED_ENV in line
+
+
+def test_unknown_transform_in_a_pipeline(sets, tmp_path):
+    path = coco_experiment(sets, "orig")
+    data = yaml.safe_load(path.read_text())
+    data["dataset"].pop("image_scale")
+    data["dataset"]["train_pipeline"] = [{"type": "LoadImageFromFile"}, {"type": "RandomFlipp", "prob": 0.5}]
+    path.write_text(yaml.safe_dump(data))
+    line = run_cli([path], tmp_path)
+    assert f"{path}: dataset.train_pipeline.1.type: unknown transform 'RandomFlipp'" in line
+
+
+SEARCH_STATES = {
+    "missing": (None, "not found"),
+    "not JSON": ('{"space": "x.yaml", ', "damaged search state"),
+    "not an object": ("[1, 2]", "expected a JSON object"),
+    "no parent run": ('{"space": "x.yaml", "status": "running"}', "parent_run_id: damaged search state"),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_STATES))
+def test_resume_with_a_damaged_search_state(tmp_path, case):
+    content, what = SEARCH_STATES[case]
+    results = tmp_path / "results"
+    results.mkdir()
+    if content is not None:
+        (results / "search.json").write_text(content)
+    line = run_cli(["--resume", results], tmp_path, module="raykd.tune")
+    assert line.startswith(f"error: {results / 'search.json'}: ") and what in line

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import GN_HEAD, NECK, SCRATCH, build, kd_step
+from conftest import GN_HEAD, NECK, SCRATCH, build, kd_step, with_empty_images
 from mmdet.models.utils import images_to_levels, unpack_gt_instances
 
 from raykd.distill import crosskd, get_method
@@ -59,15 +59,6 @@ def pairs(tiny_exp, student, teachers):
             {"t": freeze(dense("fcos", 9, norm_on_bbox=True, centerness_on_reg=True))},
         ),
     }
-
-
-def with_empty_images(batch, empty):
-    """The batch with the GT boxes of the images in ``empty`` removed (uneven counts per image)."""
-    inputs, samples = batch
-    samples = [s.clone() for s in samples]
-    for index in empty:
-        samples[index].gt_instances = samples[index].gt_instances[:0]
-    return inputs, samples
 
 
 # ---- the reference: the official code, transcribed ------------------------------------------------

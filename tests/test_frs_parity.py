@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step
+from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step, with_empty_images
 
 from raykd.distill import get_method
 from raykd.models.builder import build_detector, freeze
@@ -70,14 +70,6 @@ def official_frs(student, teacher, adapters, step, weights, iteration):
         feat_loss_sum = (iteration / WARM_STEP) * feat_loss_sum
         cls_loss_sum = (iteration / WARM_STEP) * cls_loss_sum
     return {"loss_kd_frs_feat": feat_loss_sum, "loss_kd_frs_cls": cls_loss_sum}
-
-
-def with_empty_images(batch, empty):
-    inputs, samples = batch
-    samples = [s.clone() for s in samples]
-    for index in empty:
-        samples[index].gt_instances = samples[index].gt_instances[:0]
-    return inputs, samples
 
 
 @pytest.mark.parametrize("iteration", [1, 250, 499, 500, 800])

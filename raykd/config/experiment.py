@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raykd.config.yamlio import load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
@@ -34,17 +42,35 @@ class ShapesData(Strict):
     seed: int = 0
 
 
+Transform = dict[str, Any]  # one mmdet transform, e.g. {type: RandomFlip, prob: 0.5}
+
+
 class CocoData(Strict):
-    """Any COCO-format set on disk (real COCO included)."""
+    """Any COCO-format set on disk (real COCO included).
+
+    The pipelines default to the student config's ``train_pipeline`` / ``test_pipeline``, so the data
+    is augmented as the detector's own recipe says; ``image_scale`` is a shortcut that sets the
+    ``scale`` of those pipelines' ``Resize`` steps.
+    """
 
     kind: Literal["coco"]
     train_ann: Path
     train_images: Path
     val_ann: Path
     val_images: Path
-    image_scale: tuple[PositiveInt, PositiveInt] = (1333, 800)
+    image_scale: tuple[PositiveInt, PositiveInt] | None = None
+    train_pipeline: list[Transform] | None = None
+    test_pipeline: list[Transform] | None = None
+
+    @model_validator(mode="after")
+    def _scale_or_pipelines(self) -> CocoData:
+        if self.image_scale is not None and (self.train_pipeline or self.test_pipeline):
+            raise ValueError("image_scale resizes the config's pipelines: give the scale inside "
+                             "train_pipeline/test_pipeline instead")
+        return self
 
 
+COCO_PATH_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
 DatasetSpec = Annotated[ShapesData | CocoData, Field(discriminator="kind")]
 
 
@@ -66,6 +92,29 @@ class Schedule(Strict):
         return self
 
 
+class CosineSchedule(Strict):
+    """Cosine decay from the base lr to 5 % of it over the schedule."""
+
+    type: Literal["cosine"] = "cosine"
+
+
+class StepSchedule(Strict):
+    """mmdet's step schedule: the lr is multiplied by ``gamma`` at the start of each milestone epoch."""
+
+    type: Literal["step"]
+    milestones: Annotated[list[PositiveInt], Field(min_length=1)]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _increasing(self) -> StepSchedule:
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ValueError(f"milestones must increase (got {self.milestones})")
+        return self
+
+
+LrSchedule = Annotated[CosineSchedule | StepSchedule, Field(discriminator="type")]
+
+
 class Optim(Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0, le=10)] = 0.02
@@ -75,6 +124,15 @@ class Optim(Strict):
     warmup_iters: Annotated[int, Field(ge=0)] = 100
     grad_clip: Annotated[float, Field(gt=0)] | None = 10.0
     max_loss: Annotated[float, Field(gt=0)] = 1e4  # a loss above this (or NaN/Inf) fails the run as diverged
+    lr_schedule: LrSchedule = CosineSchedule()  # after the linear warm-up
+
+    def key_dump(self, mode: str = "python") -> dict[str, Any]:
+        """The fields as cache keys hash them. The default (cosine) schedule is left out: it was the
+        only schedule before ``lr_schedule`` existed, so cached teachers and stage prefixes keep their keys."""
+        dump = self.model_dump(mode=mode)
+        if self.lr_schedule == CosineSchedule():
+            dump.pop("lr_schedule")
+        return dump
 
 
 class TeacherTrain(Strict):
@@ -105,7 +163,16 @@ class Resources(Strict):
     workers: Annotated[int, Field(ge=0, le=1024)] = 1  # 0 = in-process (no Ray cluster), for debugging
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0
-    amp: bool = False  # CUDA only; ignored on CPU
+    # Mixed precision on CUDA (ignored on CPU): fp16 (with a GradScaler) or bf16 (needs none).
+    amp: Literal[False, "fp16", "bf16"] = False
+    # DataLoader worker processes per training worker; default: 0 for the shapes set (worker
+    # processes would change its random streams), min(4, cpus_per_worker) for COCO (raykd.data.pipelines).
+    data_workers: Annotated[int, Field(ge=0, le=64)] | None = None
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_true_is_fp16(cls, value: Any) -> Any:
+        return "fp16" if value is True else value  # `amp: true` predates the choice; it meant fp16
 
 
 class Experiment(Strict):
@@ -175,7 +242,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     data = dict(data)
     ds = data.get("dataset")
     if isinstance(ds, dict) and ds.get("kind") == "coco":
-        data["dataset"] = {k: fix(v) if k != "kind" and k != "image_scale" else v for k, v in ds.items()}
+        data["dataset"] = {k: fix(v) if k in COCO_PATH_KEYS else v for k, v in ds.items()}
     if "student" in data:
         data["student"] = fix_model(data["student"])
     if isinstance(data.get("teachers"), dict):
@@ -219,15 +286,27 @@ def _check_files(exp: Experiment) -> None:
     check_config_exists(exp.student.config, exp.source, "student.config")
     for name, t in exp.teachers.items():
         check_config_exists(t.config, exp.source, f"teachers.{name}.config")
-        if t.checkpoint is not None and not Path(t.checkpoint).expanduser().is_file():
-            raise ConfigError(exp.source, f"teachers.{name}.checkpoint", f"file not found: {t.checkpoint}")
+    _check_present(exp)
     if isinstance(exp.dataset, CocoData):
-        for key in ("train_ann", "train_images", "val_ann", "val_images"):
-            if not Path(getattr(exp.dataset, key)).expanduser().exists():
-                raise ConfigError(exp.source, f"dataset.{key}", f"not found: {getattr(exp.dataset, key)}")
+        from raykd.data.pipelines import experiment_pipelines
+
+        experiment_pipelines(exp)  # an unknown transform fails here, not in the first worker
     from raykd.train.teachers import check_classes_and_checkpoints
 
     check_classes_and_checkpoints(exp)
+
+
+def _check_present(exp: Experiment) -> None:
+    """Every missing input file at once, in one line: supplying COCO and a checkpoint is one step,
+    not one failed start per file."""
+    wanted = {f"teachers.{name}.checkpoint": t.checkpoint for name, t in exp.teachers.items() if t.checkpoint}
+    if isinstance(exp.dataset, CocoData):
+        wanted.update({f"dataset.{key}": getattr(exp.dataset, key) for key in COCO_PATH_KEYS})
+    missing = [(key, path) for key, path in wanted.items() if not Path(path).expanduser().exists()]
+    if missing:
+        (key, path), rest = missing[0], missing[1:]
+        also = "; also missing: " + ", ".join(f"{k} ({p})" for k, p in rest) if rest else ""
+        raise ConfigError(exp.source, key, f"file not found: {path}{also}")
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -5,9 +5,9 @@ A RunSpec is plain data, so it travels to Ray workers as a dict and back into a 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
 from raykd.config.experiment import Experiment, Resources, Schedule, Strict
 from raykd.errors import ConfigError, from_validation_error
@@ -20,6 +20,15 @@ class MethodSpec(Strict):
     teacher: str | None = None
 
 
+class DataSubset(Strict):
+    """Search fidelity on big data: train on a seeded fraction of the train images and validate on a
+    seeded fixed number of val images (the same ones for every trial of a search with this seed)."""
+
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    val_images: PositiveInt | None = None  # None: every val image
+    seed: int = 0
+
+
 class RunSpec(Strict):
     experiment: Experiment
     method: MethodSpec = MethodSpec()
@@ -28,6 +37,8 @@ class RunSpec(Strict):
     resources: Resources
     # Start the student from these weights (MTPD stages, resumed final runs).
     init_checkpoint: str | None = None
+    # Search trials may see part of the data (a space's fidelity); final runs always see all of it.
+    subset: DataSubset | None = None
     # Testing hooks for fault injection (see tests/test_reliability.py); empty in normal runs.
     faults: dict[str, Any] = {}
 

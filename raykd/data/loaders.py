@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
 from raykd.config.experiment import CocoData, Experiment, ShapesData
 from raykd.data.classes import ClassMap, annotation_categories, file_class_map, shapes_class_map, split_map
+from raykd.data.pipelines import experiment_pipelines, shapes_pipeline
+
+DEFAULT_IMAGE_SCALE = (1333, 800)  # mmdet's COCO scale; what a registered model resizes to without one
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ def resolve_data(ds: ShapesData | CocoData) -> DataPaths:
     return DataPaths(
         train=SplitPaths(Path(ds.train_ann), Path(ds.train_images)),
         val=SplitPaths(Path(ds.val_ann), Path(ds.val_images)),
-        image_scale=tuple(ds.image_scale),
+        image_scale=tuple(ds.image_scale or DEFAULT_IMAGE_SCALE),
     )
 
 
@@ -76,8 +80,10 @@ def _coco_api(names: Sequence[str]):
     return NamedOrderCOCO
 
 
-def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, classes: ClassMap | Sequence[str]):
-    """mmdet's CocoDataset whose labels follow ``classes`` (a ClassMap, or names matched by name)."""
+def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, classes: ClassMap | Sequence[str],
+                  pipeline: list[dict[str, Any]] | None = None):
+    """mmdet's CocoDataset whose labels follow ``classes`` (a ClassMap, or names matched by name),
+    through ``pipeline`` (default: the shapes set's fixed pipeline at ``image_scale``)."""
     from mmdet.datasets import CocoDataset
 
     from raykd.models.builder import register_mmdet
@@ -86,19 +92,8 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
     cmap = classes if isinstance(classes, ClassMap) else split_map(split.ann_file, tuple(classes))
     annotation_categories(split.ann_file)  # a malformed file fails here with one line, not deep in pycocotools
 
-    pipeline = [
-        dict(type="LoadImageFromFile"),
-        dict(type="LoadAnnotations", with_bbox=True),
-        dict(type="Resize", scale=image_scale, keep_ratio=True),
-    ]
-    if train:
-        pipeline.append(dict(type="RandomFlip", prob=0.5))
-    pipeline.append(
-        dict(
-            type="PackDetInputs",
-            meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction"),
-        )
-    )
+    if pipeline is None:
+        pipeline = shapes_pipeline(image_scale, train)
     from raykd.eval.coco import silenced
 
     dataset_cls = type("RaykdCocoDataset", (CocoDataset,), {"COCOAPI": _coco_api(cmap.names)})
@@ -118,9 +113,40 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
     return ds
 
 
-def build_loader(dataset, batch_size: int, train: bool, seed: int, world_size: int, rank: int) -> DataLoader:
-    """A DataLoader over this worker's shard; call ``loader.sampler.set_epoch`` each epoch."""
+def build_loader(dataset, batch_size: int, train: bool, seed: int, world_size: int, rank: int,
+                 workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over this worker's shard; call ``loader.sampler.set_epoch`` each epoch.
+    ``workers`` processes prepare batches (kept alive across epochs); ``pin_memory`` for CUDA."""
     from mmengine.dataset import pseudo_collate
 
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=pseudo_collate, num_workers=0)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=pseudo_collate, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=pin_memory)
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """A run's train and val datasets (either possibly a seeded subset) with their class maps."""
+
+    train: Any
+    val: Any
+    train_map: ClassMap
+    val_map: ClassMap
+    paths: DataPaths
+
+
+def build_datasets(exp: Experiment, subset=None) -> Datasets:
+    """The experiment's datasets through its pipelines; ``subset`` (a ``DataSubset``) keeps a seeded
+    fraction of the train images and a seeded number of val images."""
+    from raykd.data.subsets import TRAIN_STREAM, VAL_STREAM, keep_images, subset_size
+
+    paths = resolve_data(exp.dataset)
+    train_map, val_map = dataset_class_maps(exp, paths)
+    train_pipe, test_pipe = experiment_pipelines(exp) if isinstance(exp.dataset, CocoData) else (None, None)
+    train = build_dataset(paths.train, paths.image_scale, True, train_map, train_pipe)
+    val = build_dataset(paths.val, paths.image_scale, False, val_map, test_pipe)
+    if subset is not None and subset.train_fraction < 1:
+        keep_images(train, subset_size(len(train), subset.train_fraction), subset.seed, TRAIN_STREAM)
+    if subset is not None and subset.val_images is not None:
+        keep_images(val, subset.val_images, subset.seed, VAL_STREAM)
+    return Datasets(train, val, train_map, val_map, paths)

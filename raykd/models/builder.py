@@ -67,12 +67,16 @@ def register_mmdet() -> None:
         _registered = True
 
 
-def model_cfg(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The ``model`` section of an mmdet config with overrides merged in, as a plain dict."""
+def load_config(config: str) -> dict[str, Any]:
+    """A whole mmdet config (its ``_base_`` files merged) as a plain dict."""
     from mmengine.config import Config
 
-    cfg = Config.fromfile(str(config_path(config)))
-    return deep_merge(cfg.model.to_dict(), overrides)
+    return Config.fromfile(str(config_path(config))).to_dict()
+
+
+def model_cfg(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` section of an mmdet config with overrides merged in, as a plain dict."""
+    return deep_merge(load_config(config)["model"], overrides)
 
 
 PRETRAINED_ENV = "RAYKD_PRETRAINED"

@@ -11,7 +11,6 @@ Results directory layout::
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -25,9 +24,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
+from raykd.data.subsets import subset_size
 from raykd.errors import ConfigError
 from raykd.files import write_json_atomic
-from raykd.search.layout import BEST_FILE, STATE_FILE
+from raykd.search.layout import BEST_FILE, STATE_FILE, read_state
 from raykd.search.searcher import EarlyStopAwareOptunaSearch, make_sampler
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.spaces.grid import grid_points
@@ -35,6 +35,7 @@ from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
 from raykd.tracking.tune_callback import MLflowTrialLogger
+from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
 
@@ -63,6 +64,8 @@ def full_epochs(space: SearchSpace) -> int:
     n = ds.num_train if isinstance(ds, ShapesData) else None
     if n is None:
         raise ConfigError(space.source, "fidelity", "give the search fidelity in epochs for a COCO dataset")
+    if space.subset is not None:
+        n = subset_size(n, space.subset.train_fraction)
     return stage_iters(sched, max(n // space.exp.optim.batch_size, 1))[1]
 
 
@@ -147,8 +150,10 @@ def run_search(
     exp_name = space.exp.name
     results_dir = results_dir.resolve()
     state_path = results_dir / STATE_FILE
+    ensure_ray(address)
+    _check_fits(space)  # before anything is written: a request no node can hold is an error, not a wait
     if resume:
-        state = json.loads(state_path.read_text())
+        state = read_state(results_dir)
         parent = state["parent_run_id"]
         tracker.reopen(parent)
     else:
@@ -162,7 +167,6 @@ def run_search(
         write_json_atomic(state_path, state)
     tracking = MlflowRef(tracking_uri=uri, experiment=exp_name, parent_run_id=parent)
 
-    ensure_ray(address)
     ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
     _sigterm_as_interrupt()
     epochs = full_epochs(space)
@@ -171,7 +175,7 @@ def run_search(
         tune.with_parameters(
             run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, faults=faults
         ),
-        {"cpu": 0.01},  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
+        trial_driver_resources(),  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
     )
     tune_dir = results_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
@@ -204,6 +208,15 @@ def run_search(
     write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
                                    "overhead_fraction": overhead(space, wall, train_s)})
     return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
+
+
+def _check_fits(space: SearchSpace) -> None:
+    """Teachers still to train use the experiment's resources, trials the space's."""
+    from raykd.train.teachers import missing_teachers
+
+    if any(space.exp.teachers[n].train for n in missing_teachers(space.exp, teachers_needed(space))):
+        check_cluster_fits(space.exp.resources, space.exp.source)
+    check_cluster_fits(space.run_resources, space.source if space.resources else space.exp.source)
 
 
 def _was_interrupted(grid, num_samples: int) -> bool:

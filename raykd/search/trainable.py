@@ -26,6 +26,7 @@ def trial_spec(space: SearchSpace, config: dict[str, Any], faults: dict[str, Any
         schedule=space.schedule,
         seed=space.exp.seed,
         resources=space.run_resources,
+        subset=space.subset,
         faults=faults or {},
     )
 

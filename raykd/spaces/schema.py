@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from raykd.config.experiment import Experiment, Resources, Schedule, Strict, parse_experiment
+from raykd.config.run import DataSubset
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
@@ -83,6 +84,15 @@ class Scheduler(Strict):
     max_t: PositiveInt | None = None  # epochs; default: the fidelity schedule's length
 
 
+class Fidelity(Schedule):
+    """A trial's length and, for big data, how much of it a trial sees: a seeded fraction of the train
+    images and a seeded fixed set of val images (the same for every trial of a search with the same
+    ``search.seed``; ``raykd.final`` always uses everything)."""
+
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    val_images: PositiveInt | None = None  # default: every val image
+
+
 class SearchSpace(Strict):
     experiment: Path
     overrides: dict[str, Any] = {}  # merged into the experiment before validation
@@ -95,7 +105,7 @@ class SearchSpace(Strict):
     metric: str = "bbox_mAP"
     mode: Literal["max", "min"] = "max"
     resources: Resources | None = None  # default: the experiment's
-    fidelity: Schedule | None = None  # default: the experiment's `search` schedule
+    fidelity: Fidelity | None = None  # default: the experiment's `search` schedule, all the data
     tracking_uri: str | None = None  # default: the experiment's
     source: str = ""
     loaded_experiment: Experiment | None = None
@@ -111,7 +121,17 @@ class SearchSpace(Strict):
 
     @property
     def schedule(self) -> Schedule:
-        return self.fidelity or self.exp.schedules.search
+        if self.fidelity is None:
+            return self.exp.schedules.search
+        return Schedule(epochs=self.fidelity.epochs, iters=self.fidelity.iters)
+
+    @property
+    def subset(self) -> DataSubset | None:
+        """The part of the data a trial sees, or None for all of it."""
+        f = self.fidelity
+        if f is None or (f.train_fraction == 1 and f.val_images is None):
+            return None
+        return DataSubset(train_fraction=f.train_fraction, val_images=f.val_images, seed=self.search.seed)
 
     @property
     def run_resources(self) -> Resources:

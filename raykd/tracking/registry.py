@@ -11,7 +11,6 @@ the registry lives in the same database.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -108,16 +107,16 @@ def registered_name(exp) -> str:
 def model_spec(exp) -> dict[str, Any]:
     """What rebuilds the student: its mmdet config and overrides, plus the data's input size and
     category ids (for ``predict``)."""
-    from raykd.data.loaders import resolve_data
+    from raykd.data.loaders import dataset_class_maps, resolve_data
 
     paths = resolve_data(exp.dataset)
-    cats = sorted(json.loads(Path(paths.val.ann_file).read_text())["categories"], key=lambda c: c["id"])
+    _, val_map = dataset_class_maps(exp, paths)  # the label order the student was trained with
     return {
         "config": exp.student.config,
         "overrides": exp.student.overrides,
         "image_scale": list(paths.image_scale),
-        "classes": [c["name"] for c in cats],
-        "cat_ids": [int(c["id"]) for c in cats],
+        "classes": list(val_map.names),
+        "cat_ids": [int(i) for i in val_map.cat_ids],
     }
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from raykd.cache import build_once
 from raykd.config.experiment import Experiment, ModelSpec
 from raykd.config.run import MethodSpec, RunSpec
 from raykd.errors import ConfigError
+from raykd.train.cluster import check_cluster_fits, init_ray
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
 from raykd.train.stage_checkpoints import as_uri, stages_uri
@@ -23,28 +23,9 @@ from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` (or RAY_ADDRESS) if given, else start a local cluster.
-
-    The dashboard is started (bound to 127.0.0.1): Ray's placement-group cleaner needs it to free
-    the workers of a trial that Tune stopped early.
-    """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    from ray._private.services import find_gcs_addresses
-
-    others = sorted(find_gcs_addresses())  # a set in Ray 2.60
-    if others:
-        # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
-        # and workers of early-stopped trials are never freed. Joining is the safe default.
-        print(f"[raykd] joining the Ray instance already running here ({others[0]}); "
-              "pass --address to choose another", flush=True)
-        ray.init(address=others[0], log_to_driver=True)
-        return
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    """Join ``address`` (or RAY_ADDRESS) if given, else a live local Ray instance, else start one."""
+    if not ray.is_initialized():
+        init_ray(address)
 
 
 def build_trainer(
@@ -71,6 +52,7 @@ def build_trainer(
     )
     return TorchTrainer(
         train_worker,
+        torch_config=TorchConfig(backend=ddp_backend(res)),
         train_loop_config={
             "spec": spec.to_dict(),
             "stages_dir": stages_uri(storage_path, name),
@@ -81,6 +63,12 @@ def build_trainer(
     )
 
 
+def ddp_backend(res) -> str | None:
+    """None lets Ray pick (NCCL on CUDA, gloo on CPU). Workers of one run holding fractions of a GPU
+    may share a device, and NCCL refuses two ranks on one GPU; gloo reduces CUDA tensors too."""
+    return "gloo" if res.workers > 1 and 0 < res.gpus_per_worker < 1 else None
+
+
 def run_outcome(result) -> dict[str, Any]:
     """Rank 0's return value of a run (history, diverged, stages), empty if it returned nothing."""
     return {"history": [], "diverged": None, "stages": [], **(result.return_value or {})}
@@ -89,6 +77,7 @@ def run_outcome(result) -> dict[str, Any]:
 def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0):
     if spec.resources.workers > 0:
         ensure_ray()
+        check_cluster_fits(spec.resources, spec.experiment.source)
     return build_trainer(spec, name, storage_path, max_failures=max_failures).fit()
 
 

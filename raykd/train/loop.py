@@ -7,7 +7,6 @@ Runs unchanged on 1..N CPU workers (gloo) or CUDA workers (nccl, optional AMP); 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import shutil
@@ -26,11 +25,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from raykd.config.run import RunSpec
-from raykd.data.loaders import build_dataset, build_loader, dataset_class_maps, resolve_data
+from raykd.data.loaders import build_datasets, build_loader
+from raykd.data.pipelines import data_workers
 from raykd.distill.base import StageStart, get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.layout import STATE_FILE, STUDENT_FILE
+from raykd.train.lr_schedule import lr_factor
 from raykd.train.model import DistillModel
 from raykd.train.stage_checkpoints import (
     load_stage,
@@ -42,6 +43,8 @@ from raykd.train.stage_checkpoints import (
 )
 from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # resources.amp -> autocast dtype
 
 
 class DivergedError(RuntimeError):
@@ -99,22 +102,23 @@ class Worker:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         use_cuda = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
         self.device = ray.train.torch.get_device() if use_cuda else torch.device("cpu")
-        self.amp = spec.resources.amp and self.device.type == "cuda"
+        # Autocast dtype on CUDA (None: full precision); fp16 alone needs a GradScaler.
+        self.amp_dtype = AMP_DTYPES.get(spec.resources.amp) if self.device.type == "cuda" else None
+        self.amp = self.amp_dtype is not None
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
         quiet_mmengine()
         self._seed(0)
 
-        paths = resolve_data(self.exp.dataset)
-        # One mapping label <-> class name <-> category id per file, in the experiment's label order.
-        train_map, val_map = dataset_class_maps(self.exp, paths)
-        self.classes = train_map.names
-        train_ds = build_dataset(paths.train, paths.image_scale, True, train_map)
-        val_ds = build_dataset(paths.val, paths.image_scale, False, val_map)
-        self.cat_ids = list(val_map.cat_ids)
+        # One mapping label <-> class name <-> category id per file, in the experiment's label order;
+        # a search trial may see a seeded subset (evaluation then scores exactly the images it predicted).
+        data = build_datasets(self.exp, spec.subset)
+        self.classes = data.train_map.names
+        self.cat_ids = list(data.val_map.cat_ids)
         per_worker = self.exp.optim.batch_size // max(self.world, 1)
-        self.train_loader = build_loader(train_ds, per_worker, True, spec.seed, self.world, self.rank)
-        self.val_loader = build_loader(val_ds, per_worker, False, spec.seed, self.world, self.rank)
-        self.gt = load_gt(paths.val.ann_file) if self.rank == 0 else None
+        loading = {"workers": data_workers(self.exp, spec.resources), "pin_memory": self.device.type == "cuda"}
+        self.train_loader = build_loader(data.train, per_worker, True, spec.seed, self.world, self.rank, **loading)
+        self.val_loader = build_loader(data.val, per_worker, False, spec.seed, self.world, self.rank, **loading)
+        self.gt = load_gt(data.paths.val.ann_file) if self.rank == 0 else None
 
         src = self.exp.source
         self.student = build_detector(self.exp.student.config, self.exp.student.overrides, src, "student")
@@ -176,13 +180,6 @@ class Worker:
                 data = self.student.data_preprocessor(batch, True)
                 yield data["inputs"], data["data_samples"]
             epoch += 1
-
-    def _lr_factor(self, it: int, total: int) -> float:
-        warm = min(self.exp.optim.warmup_iters, max(total // 4, 1))
-        if it < warm:
-            return 0.001 + (1 - 0.001) * it / warm
-        progress = (it - warm) / max(total - warm, 1)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 5% of the base lr
 
     def run(self) -> dict[str, Any]:
         """Train every stage. Returns rank 0's per-epoch metrics (complete across restarts) and,
@@ -262,7 +259,7 @@ class Worker:
                 opt.load_state_dict(sd)
             it, epoch = resume["iteration"], resume["epoch_in_stage"]
         base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         faults = self.spec.faults
         grad_clip = self.exp.optim.grad_clip
         clipping = bool(grad_clip) or any("clip_grad" in g for opt in optimizers for g in opt.param_groups)
@@ -277,12 +274,12 @@ class Worker:
                 if it >= total:
                     break
                 t_s = time.perf_counter()
-                factor = self._lr_factor(it, total)
+                factor = lr_factor(self.exp.optim.lr_schedule, it, total, self.exp.optim.warmup_iters, ipe)
                 for opt, lrs in zip(optimizers, base_lrs, strict=True):
                     for g, lr in zip(opt.param_groups, lrs, strict=True):
                         g["lr"] = lr * factor
                 data = self.student.data_preprocessor(batch, True)
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     losses = ddp(data["inputs"], data["data_samples"], it, total)
                 loss, log_vars = self.student.parse_losses(losses)
                 if faults.get("nan_at_iter") == it and self.rank == 0:
@@ -348,7 +345,7 @@ class Worker:
         dets, ids = [], []
         for batch in self.val_loader:
             data = self.student.data_preprocessor(batch, False)
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 preds = self.student.predict(data["inputs"], data["data_samples"], rescale=True)
             dets.extend(detections_to_coco(preds, self.cat_ids))
             ids.extend(int(s.img_id) for s in preds)

@@ -32,6 +32,17 @@ def detection_losses(detector: nn.Module, feats: tuple[Tensor, ...], data_sample
     return losses
 
 
+def frozen_features(teacher: nn.Module, inputs: Tensor) -> tuple[Tensor, ...]:
+    """A teacher's FPN features: eval mode (BatchNorm uses its trained statistics and never
+    updates them, even if a method put the teacher in train mode), no autograd graph. no_grad, not
+    inference_mode: the losses multiply these features with the student's, and autograd refuses
+    to save inference tensors for backward."""
+    if teacher.training:
+        teacher.eval()
+    with torch.no_grad():
+        return teacher.extract_feat(inputs)
+
+
 class DistillModel(nn.Module):
     def __init__(self, student: nn.Module, distiller: Distiller, teachers: dict[str, nn.Module]):
         super().__init__()
@@ -46,8 +57,7 @@ class DistillModel(nn.Module):
 
         def teacher_feats(name: str) -> tuple[Tensor, ...]:
             if name not in teacher_cache:
-                with torch.no_grad():
-                    teacher_cache[name] = self._teachers[name].extract_feat(inputs)
+                teacher_cache[name] = frozen_features(self._teachers[name], inputs)
             return teacher_cache[name]
 
         step = KDStep(inputs, data_samples, feats, teacher_feats, iteration, max_iters)

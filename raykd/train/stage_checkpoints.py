@@ -28,7 +28,7 @@ from raykd.config.run import RunSpec
 from raykd.train.layout import STUDENT_FILE
 
 HISTORY_FILE = "history.json"  # a cached prefix's per-epoch metrics, reported again on reuse
-PREFIX_KEY_VERSION = 1  # bump when training changes so that old prefixes are not reused
+PREFIX_KEY_VERSION = 2  # bump when training changes so that old prefixes are not reused
 
 STAGES_DIR = "stages"
 
@@ -114,15 +114,27 @@ def prefix_key(spec: RunSpec, stages: list, upto: int) -> str:
     digest = spec_hash(
         exp.student.model_dump(mode="json"),
         exp.dataset.model_dump(mode="json"),
-        exp.optim.model_dump(mode="json"),
+        exp.classes,  # the label order the student's class indices mean
+        exp.optim.key_dump(mode="json"),
         {t: exp.teachers[t].model_dump(mode="json") for t in teachers},
         [{"method": s.method.model_dump(mode="json"), "schedule": s.schedule.model_dump(mode="json")} for s in prefix],
         spec.seed,
         spec.resources.workers,
         spec.init_checkpoint,
         PREFIX_KEY_VERSION,
+        *_data_part(spec),
     )
     return f"{stage_name(upto, prefix[-1].method.teacher)}-{digest}"
+
+
+def _data_part(spec: RunSpec) -> list:
+    """A train subset and DataLoader processes (which draw the augmentation's random numbers) change
+    the student; left out when absent, so prefixes from before they existed keep their keys."""
+    from raykd.data.pipelines import data_workers
+
+    part = [spec.subset.model_dump(mode="json")] if spec.subset else []
+    workers = data_workers(spec.experiment, spec.resources)
+    return part + ([{"data_workers": workers}] if workers else [])
 
 
 def stage_summaries(history: list[dict[str, Any]], stages: list, uris: list[str | None]) -> list[dict[str, Any]]:

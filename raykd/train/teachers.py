@@ -16,7 +16,7 @@ def teacher_key(exp: Experiment, name: str) -> str:
     t = exp.teachers[name]
     return spec_hash(
         t.config, t.overrides, t.train.model_dump(mode="json"), exp.dataset.model_dump(mode="json"),
-        (t.train.optim or exp.optim).model_dump(), TEACHER_TRAINING_VERSION, *_label_order_part(exp),
+        (t.train.optim or exp.optim).key_dump(), TEACHER_TRAINING_VERSION, *_label_order_part(exp),
     )
 
 

@@ -1,0 +1,146 @@
+"""Which Ray instance to use, and whether a run's resource request can ever be placed on it.
+
+Ray waits forever for what it cannot do: ``ray.init`` retries a dead GCS address, and a placement
+group larger than any node stays pending. Both are answered here in a second, with one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from raykd.config.experiment import Resources
+from raykd.errors import ConfigError
+
+GCS_TIMEOUT_S = 2.0  # a live GCS accepts a connection at once; a dead one refuses or never answers
+
+
+def gcs_answers(address: str, timeout: float = GCS_TIMEOUT_S) -> bool:
+    """True when something accepts a TCP connection at ``host:port`` within ``timeout``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def recorded_local_instances() -> list[str]:
+    """GCS addresses of Ray instances on this machine: running gcs_server processes, then the
+    address the last ``ray start`` recorded (which stays behind when that cluster dies)."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    found = sorted(find_gcs_addresses())  # a set in Ray 2.60
+    recorded = find_bootstrap_address(None)
+    return list(dict.fromkeys([*found, *([recorded] if recorded else [])]))
+
+
+def choose_local_instance(candidates: Iterable[str], answers=gcs_answers) -> tuple[str | None, list[str]]:
+    """(the first candidate whose GCS answers or None, the candidates that did not answer)."""
+    dead: list[str] = []
+    for address in candidates:
+        if answers(address):
+            return address, dead
+        dead.append(address)
+    return None, dead
+
+
+def check_address(address: str, key: str) -> None:
+    """An explicit ``host:port`` that nobody answers is an error, not an endless retry."""
+    if "://" in address or address in ("auto", "local") or ":" not in address:
+        return  # Ray Client URLs and Ray's own keywords: Ray resolves and reports them itself
+    if not gcs_answers(address):
+        raise ConfigError(key, "", f"no Ray cluster answers at {address} (is it running? `ray status --address {address}`)")
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
+    Prints one line saying which."""
+    import ray
+
+    key = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_address(address, key)
+        ray.init(address=address, log_to_driver=True)
+        return
+    live, dead = choose_local_instance(recorded_local_instances())
+    if live:
+        # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
+        # and workers of early-stopped trials are never freed. Joining is the safe default.
+        print(f"[raykd] joining the Ray instance already running here ({live}); pass --address to choose another",
+              flush=True)
+        ray.init(address=live, log_to_driver=True)
+        return
+    why = f" (the recorded one at {', '.join(dead)} does not answer)" if dead else ""
+    print(f"[raykd] starting a new local Ray instance{why}", flush=True)
+    # address="local": without it ray.init reads the stale record again and retries it forever.
+    # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
+    # workers of a trial that Tune stopped early.
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    cpus: float
+    gpus: float
+
+
+def alive_nodes() -> list[NodeCapacity]:
+    import ray
+
+    return [NodeCapacity(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def _bundles_on(node: NodeCapacity, cpus: float, gpus: float) -> int:
+    """How many worker bundles of ``cpus``/``gpus`` one node can hold (1e-9: 4 × 0.25 GPU is 1)."""
+    fits = math.floor(node.cpus / cpus + 1e-9)
+    if gpus > 0:
+        fits = min(fits, math.floor(node.gpus / gpus + 1e-9))
+    return fits
+
+
+def _describe(nodes: list[NodeCapacity]) -> str:
+    per_node = ", ".join(f"{n.cpus:g} CPU/{n.gpus:g} GPU" for n in nodes)
+    return f"the cluster has {len(nodes)} node(s): {per_node}"
+
+
+def check_fits(res: Resources, nodes: list[NodeCapacity], source: str, prefix: str = "resources") -> None:
+    """Refuse a request Ray could never place (it would wait forever): each worker's bundle must
+    fit on one node, and all workers on the cluster together."""
+    if res.workers == 0:
+        return  # in-process, no cluster
+    if not any(n.gpus + 1e-9 >= res.gpus_per_worker for n in nodes):
+        raise ConfigError(source, f"{prefix}.gpus_per_worker",
+                          f"{res.gpus_per_worker:g} GPU per worker fits on no node; {_describe(nodes)}")
+    if not any(_bundles_on(n, res.cpus_per_worker, res.gpus_per_worker) for n in nodes):
+        raise ConfigError(source, f"{prefix}.cpus_per_worker",
+                          f"{res.cpus_per_worker:g} CPU per worker (with {res.gpus_per_worker:g} GPU) fits on no node; "
+                          f"{_describe(nodes)}")
+    room = sum(_bundles_on(n, res.cpus_per_worker, res.gpus_per_worker) for n in nodes)
+    if room < res.workers:
+        raise ConfigError(source, f"{prefix}.workers",
+                          f"{res.workers} workers × {res.cpus_per_worker:g} CPU/{res.gpus_per_worker:g} GPU do not fit: "
+                          f"room for {room}; {_describe(nodes)}")
+
+
+def check_cluster_fits(res: Resources, source: str, prefix: str = "resources") -> None:
+    """``check_fits`` against the Ray cluster this process is connected to."""
+    check_fits(res, alive_nodes(), source, prefix)
+
+
+def trial_driver_resources() -> Any:
+    """What a Tune trial's driver holds: no CPU or GPU, so its Ray Train workers can use every core
+    (with a share of a CPU, two 1-CPU trials never train together on 2 CPUs, and a cluster of
+    1-CPU nodes never starts one). Tune refuses an all-zero request (ray/air/execution/resources/
+    request.py: "empty head and zero worker bundles"), so it holds one byte of memory instead."""
+    from ray import tune
+
+    return tune.PlacementGroupFactory([{"memory": 1}])

@@ -1,0 +1,99 @@
+"""Data pipelines from the student's mmdet config (or the experiment), and DataLoader processes."""
+
+import pytest
+import yaml
+from cocoset import coco_experiment, tiny_coco
+
+from raykd.config import load_experiment
+from raykd.config.experiment import Resources
+from raykd.data.loaders import build_datasets, build_loader
+from raykd.data.pipelines import data_workers, experiment_pipelines, shapes_pipeline
+from raykd.errors import ConfigError
+from raykd.models.builder import load_config
+
+STUDENT_CONFIG = "mmdet::retinanet/retinanet_r18_fpn_1x_coco.py"  # the tiny experiment's student
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    return tiny_coco(tmp_path_factory.mktemp("coco"))
+
+
+def coco_exp(sets, **dataset):
+    """The tiny COCO experiment with ``dataset`` keys replaced (None removes one)."""
+    path = coco_experiment(sets, "orig")
+    data = yaml.safe_load(path.read_text())
+    data["dataset"] = {k: v for k, v in {**data["dataset"], **dataset}.items() if v is not None}
+    path.write_text(yaml.safe_dump(data))
+    return load_experiment(path)
+
+
+def types(pipeline):
+    return [t["type"] for t in pipeline]
+
+
+def test_coco_defaults_to_the_student_config_pipelines(sets):
+    train, test = experiment_pipelines(coco_exp(sets, image_scale=None))
+    config = load_config(STUDENT_CONFIG)
+    assert train == config["train_pipeline"] and test == config["test_pipeline"]
+    assert types(train) == ["LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "PackDetInputs"]
+    assert train[0]["backend_args"] is None  # as the config gives it
+
+
+def test_image_scale_resizes_the_config_pipelines(sets):
+    train, test = experiment_pipelines(coco_exp(sets, image_scale=[64, 48]))
+    assert [t["scale"] for t in train + test if t["type"] == "Resize"] == [(64, 48), (64, 48)]
+
+
+def test_experiment_pipelines_override_the_config(sets):
+    own = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations", "with_bbox": True},
+           {"type": "Resize", "scale": [40, 40], "keep_ratio": False}, {"type": "PackDetInputs"}]
+    exp = coco_exp(sets, image_scale=None, train_pipeline=own)
+    train, test = experiment_pipelines(exp)
+    assert train == own and types(test)[1] == "Resize"  # test pipeline still the config's
+    item = build_datasets(exp).train[0]
+    assert tuple(item["inputs"].shape[1:]) == (40, 40)
+
+
+def test_unknown_transform_is_named(sets):
+    bad = [{"type": "LoadImageFromFile"}, {"type": "RandomFlipp", "prob": 0.5}]
+    with pytest.raises(ConfigError) as err:
+        coco_exp(sets, image_scale=None, test_pipeline=bad)
+    assert err.value.key == "dataset.test_pipeline.1.type" and "'RandomFlipp'" in err.value.message
+
+
+def test_image_scale_and_own_pipeline_conflict(sets):
+    with pytest.raises(ConfigError) as err:
+        coco_exp(sets, train_pipeline=[{"type": "LoadImageFromFile"}])
+    assert err.value.key == "dataset" and "image_scale" in err.value.message
+
+
+def test_shapes_keeps_its_fixed_pipeline(tiny_exp):
+    """The demo's numbers were measured with exactly this pipeline."""
+    assert shapes_pipeline((64, 64), True) == [
+        {"type": "LoadImageFromFile"},
+        {"type": "LoadAnnotations", "with_bbox": True},
+        {"type": "Resize", "scale": (64, 64), "keep_ratio": True},
+        {"type": "RandomFlip", "prob": 0.5},
+        {"type": "PackDetInputs",
+         "meta_keys": ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")},
+    ]
+    built = [type(t).__name__ for t in build_datasets(tiny_exp).train.pipeline.transforms]
+    assert built == ["LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "PackDetInputs"]
+
+
+def test_data_workers_defaults(tiny_exp, sets):
+    coco = coco_exp(sets)
+    assert data_workers(tiny_exp, Resources(cpus_per_worker=8)) == 0  # shapes: the demo's random streams stay
+    assert data_workers(coco, Resources(cpus_per_worker=2)) == 2
+    assert data_workers(coco, Resources(cpus_per_worker=16)) == 4
+    assert data_workers(coco, Resources(cpus_per_worker=16, data_workers=0)) == 0
+    assert data_workers(tiny_exp, Resources(data_workers=3)) == 3
+
+
+def test_loader_with_worker_processes(sets):
+    data = build_datasets(coco_exp(sets))
+    loader = build_loader(data.train, 2, True, 0, 1, 0, workers=2)
+    assert loader.num_workers == 2 and loader.persistent_workers
+    batches = [len(b["inputs"]) for b in loader]
+    assert batches == [2] * (len(data.train) // 2)
