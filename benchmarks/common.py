@@ -24,6 +24,11 @@ VARIANTS: dict[str, dict] = {
     # epochs), against the strongest teacher alone for the same 16 epochs.
     "mtpd_full": {"method": "mtpd", "params": {"order": MTPD_ORDER, "stage_schedule": "full"}, "table": False},
     "mgd_16ep": {"method": "mgd", "epochs": 16, "table": False},
+    # Ablations: ICD and MGD start the student's neck and head from the teacher (as the official
+    # code does); `init_only` is that start with no distillation loss (MGD at alpha 0), `icd_noinit`
+    # ICD without it.
+    "init_only": {"method": "mgd", "params": {"alpha_mgd": 0.0}, "table": False},
+    "icd_noinit": {"method": "icd", "params": {"init_student": False}, "table": False},
 }
 
 

@@ -79,10 +79,13 @@ def main(argv: list[str] | None = None):
 
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
+    from raykd.search.fidelity import search_fidelity
     from raykd.search.runner import overhead
 
     print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
           f"({100 * overhead(space, outcome.wall_s, outcome.train_s):.0f}% of trial slots outside training/eval steps)")
+    # Scores at a short schedule rank set-ups; they are not what the full schedule will reach.
+    print(f"fidelity: {search_fidelity(space).describe()} (algorithm {space.search.algorithm})")
     for t in outcome.trials:
         status = f"error: {t['error']}" if t["error"] else f"epochs {t['epoch']}  {space.metric} {t['score']:.4f}"
         print(f"  trial {t['trial_id']} ({t['method']}): {status}")

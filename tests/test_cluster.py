@@ -74,7 +74,9 @@ def two_nodes():
     try:
         ray_start(["--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"], head_tmp, env)
-        ray_start([f"--address=127.0.0.1:{port}"], worker_tmp, env)
+        # Ray 2.60's head requires its auth token (~/.ray/auth_token here); a joining node only
+        # presents it in token mode, and is otherwise refused after `ray start` has returned 0.
+        ray_start([f"--address=127.0.0.1:{port}"], worker_tmp, {**env, "RAY_AUTH_MODE": "token"})
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
     finally:
         kill_cluster([head_tmp, worker_tmp])

@@ -79,6 +79,47 @@ def _frs_head(detector: nn.Module):
     return dense_head(detector, _HEADS, "frs", attrs=("bbox_head", "rpn_head"))
 
 
+def frs_heads(student: nn.Module, teacher: nn.Module, teacher_name: str) -> tuple[str, str]:
+    """The (student, teacher) head kinds FRS reads, refused unless both predict the same classes."""
+    s_head, s_kind = _frs_head(student)
+    t_head, t_kind = _frs_head(teacher)
+    s_out = getattr(s_head, _HEADS[s_kind][1]).out_channels
+    t_out = getattr(t_head, _HEADS[t_kind][1]).out_channels
+    if s_head.num_classes != t_head.num_classes or s_out != t_out:
+        raise ValueError(
+            f"frs needs the same classes in student and teacher: student {s_kind} has "
+            f"{s_head.num_classes} classes ({s_out} cls channels), teacher {teacher_name!r} {t_kind} has "
+            f"{t_head.num_classes} ({t_out} cls channels)"
+        )
+    return s_kind, t_kind
+
+
+def richness_mask(t_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """One level's feature richness mask ``m = max_c σ(z_t)`` (N, 1, H, W) and ``Σ m``, detached."""
+    with torch.no_grad():
+        mask = t_logits.sigmoid().amax(dim=1, keepdim=True)
+        return mask, mask.sum().clamp_min(1e-6)
+
+
+def richness_cls_level(s_logits: Tensor, t_logits: Tensor, mask: Tensor, norm: Tensor) -> Tensor:
+    """One level's ``Σ m · BCE(σ(z_s), σ(z_t)) / Σ m``."""
+    bce = F.binary_cross_entropy_with_logits(s_logits, t_logits.sigmoid(), reduction="none")
+    return (bce * mask).sum() / norm
+
+
+def richness_cls_loss(student: nn.Module, teacher: nn.Module, s_feats, t_feats) -> Tensor:
+    """FRS's ``L_cls`` summed over levels, unweighted and without the warm-up, for methods that
+    combine it with other terms (the heads must have passed ``frs_heads``)."""
+    (s_head, s_kind), (t_head, t_kind) = _frs_head(student), _frs_head(teacher)
+    total = s_feats[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(s_feats, t_feats, strict=True):
+        with torch.no_grad():
+            t_logits = _HEADS[t_kind][0](t_head, t).float()
+        mask, norm = richness_mask(t_logits)
+        total = total + richness_cls_level(_HEADS[s_kind][0](s_head, s).float(), t_logits, mask, norm)
+    return total
+
+
 class FRSParams(MethodParams):
     feat_weight: Annotated[float | None, Field(ge=0)] = None  # None: the paper's value for the student's head
     cls_weight: Annotated[float | None, Field(ge=0)] = None
@@ -93,17 +134,8 @@ class FRS(Distiller):
 
     def __init__(self, student, teachers, params: FRSParams, teacher):
         super().__init__(student, teachers, params, teacher)
-        s_head, s_kind = _frs_head(student)
-        t_head, t_kind = _frs_head(self.teacher)
+        s_kind, t_kind = frs_heads(student, self.teacher, teacher)
         s_ch, t_ch, levels = paired_necks(student, self.teacher, teacher)
-        s_out = getattr(s_head, _HEADS[s_kind][1]).out_channels
-        t_out = getattr(t_head, _HEADS[t_kind][1]).out_channels
-        if s_head.num_classes != t_head.num_classes or s_out != t_out:
-            raise ValueError(
-                f"frs needs the same classes in student and teacher: student {s_kind} has "
-                f"{s_head.num_classes} classes ({s_out} cls channels), teacher {teacher!r} {t_kind} has "
-                f"{t_head.num_classes} ({t_out} cls channels)"
-            )
         defaults = _HEADS[s_kind][2]
         if defaults is None and (params.feat_weight is None or params.cls_weight is None):
             raise ValueError(
@@ -132,13 +164,11 @@ class FRS(Distiller):
         for adapter, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True):
             with torch.no_grad():
                 t_logits = self._t_logits(t_head, t).float()
-                mask = t_logits.sigmoid().amax(dim=1, keepdim=True)
-                norm = mask.sum().clamp_min(1e-6)
+            mask, norm = richness_mask(t_logits)
             s_logits = self._s_logits(s_head, s).float()
             diff = (t.float() - adapter(s).float()).pow(2)
             loss_feat = loss_feat + (diff * mask).sum() / norm
-            bce = F.binary_cross_entropy_with_logits(s_logits, t_logits.sigmoid(), reduction="none")
-            loss_cls = loss_cls + (bce * mask).sum() / norm
+            loss_cls = loss_cls + richness_cls_level(s_logits, t_logits, mask, norm)
         factor = self.warmup_factor(step.iteration, step.max_iters)
         return {
             "loss_kd_frs_feat": factor * self.feat_weight * loss_feat,

@@ -1,1 +1,2 @@
-"""A search: Ray Tune trials (each a Ray Train run), Optuna proposals, ASHA, MLflow records."""
+"""A search: Ray Tune trials (each a Ray Train run), proposed by a search algorithm (raykd/search/algorithms:
+Optuna, exhaustive, bgs), ASHA, MLflow records."""

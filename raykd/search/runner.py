@@ -4,7 +4,7 @@ Results directory layout::
 
     search.json    what was searched, the MLflow parent run, status
     best.yaml      the best trial's TrialConfig (input of ``raykd.final``)
-    optuna.db      the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
+    optuna.db      the Optuna study, for algorithm optuna (optuna-dashboard sqlite:///.../optuna.db)
     tune/          Ray Tune's experiment state (what --resume restores)
     train/         each trial's Ray Train run and checkpoints
 """
@@ -27,11 +27,11 @@ from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.subsets import subset_size
 from raykd.errors import ConfigError
 from raykd.files import write_json_atomic
+from raykd.search.algorithms import make_searcher
+from raykd.search.algorithms.optuna import STUDY_FILE, study_name
+from raykd.search.fidelity import search_fidelity
 from raykd.search.layout import BEST_FILE, STATE_FILE, read_state
-from raykd.search.searcher import EarlyStopAwareOptunaSearch, make_sampler
 from raykd.search.trainable import run_trial, trial_spec
-from raykd.spaces.grid import grid_points
-from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
 from raykd.tracking.tune_callback import MLflowTrialLogger
@@ -185,7 +185,7 @@ def run_search(
         tuner = _new_tuner(space, trainable, results_dir, epochs, logger)
     _mark_sigint()
     grid = tuner.fit()
-    interrupted = _interrupted_by_signal() or _was_interrupted(grid, space.search.num_samples)
+    interrupted = _interrupted_by_signal() or _was_interrupted(grid, tune_dir)
     wall = time.perf_counter() - t0
     train_s = sum(_train_seconds(r) for r in grid)
     trials = [_trial_row(space, r) for r in grid]
@@ -202,7 +202,8 @@ def run_search(
         tracker.log_file(parent, results_dir / BEST_FILE)
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
-    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": overhead(space, wall, train_s)}, 0)
+    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": overhead(space, wall, train_s),
+                                 **_fidelity_metrics(space)}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
     tracker.end_run(parent, "FINISHED")
     write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
@@ -219,12 +220,19 @@ def _check_fits(space: SearchSpace) -> None:
     check_cluster_fits(space.run_resources, space.source if space.resources else space.exp.source)
 
 
-def _was_interrupted(grid, num_samples: int) -> bool:
+def _was_interrupted(grid, tune_dir: Path) -> bool:
     """Tune answers Ctrl-C/SIGTERM by saving its state and returning early, leaving trials that are
     not TERMINATED/ERROR (or never created). ResultGrid exposes no status, so the trials are read
-    from its analysis object; an interrupted trial may also have no result files at all."""
+    from its analysis object; an interrupted trial may also have no result files at all. Whether
+    every trial was created is Tune's own record of the search (a searcher may finish early, e.g.
+    bgs, so the trial count alone cannot tell)."""
+    from ray.tune.search import SearchGenerator
+    from ray.tune.utils.util import _load_newest_checkpoint
+
     trials = grid._experiment_analysis.trials
-    return len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    search = _load_newest_checkpoint(str(tune_dir), SearchGenerator.CKPT_FILE_TMPL.format("*")) or {}
+    created_all = search.get("finished") or search.get("counter", 0) >= search.get("total_samples", 1)
+    return not created_all or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def overhead(space: SearchSpace, wall_s: float, train_s: float) -> float:
@@ -235,16 +243,7 @@ def overhead(space: SearchSpace, wall_s: float, train_s: float) -> float:
 
 def _new_tuner(space, trainable, results_dir, epochs, logger):
     s = space.search
-    searcher = EarlyStopAwareOptunaSearch(
-        space=define_by_run(space),
-        points_to_evaluate=grid_points(define_by_run(space)) if s.sampler == "grid" else None,
-        metric=space.metric,
-        mode=space.mode,
-        sampler=make_sampler(s),
-        study_name=f"raykd-{results_dir.name}",
-        storage=optuna.storages.RDBStorage(f"sqlite:///{results_dir / 'optuna.db'}"),
-        full_epochs=epochs,
-    )
+    searcher = make_searcher(space, results_dir, epochs)
     if space.scheduler.type == "asha":
         scheduler = ASHAScheduler(
             time_attr="epoch",
@@ -328,14 +327,23 @@ def _parent_params(space: SearchSpace) -> dict[str, Any]:
         "mode": space.mode,
         "fidelity": space.schedule.model_dump(exclude_none=True),
         "resources": space.run_resources.model_dump(),
+        **search_fidelity(space).params(),
     }
 
 
+def _fidelity_metrics(space: SearchSpace) -> dict[str, float]:
+    fraction = search_fidelity(space).fraction
+    return {} if fraction is None else {"fidelity_fraction": fraction}
+
+
 def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: SearchSpace) -> None:
-    """Importance, parallel-coordinate and history plots (HTML) on the parent run."""
+    """Importance, parallel-coordinate and history plots (HTML) on the parent run, when the
+    search algorithm kept an Optuna study."""
     import optuna.visualization as vis
 
-    study = optuna.load_study(study_name=f"raykd-{results_dir.name}", storage=f"sqlite:///{results_dir / 'optuna.db'}")
+    if not (results_dir / STUDY_FILE).is_file():
+        return
+    study = optuna.load_study(study_name=study_name(results_dir), storage=f"sqlite:///{results_dir / STUDY_FILE}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plots = {"optuna_history.html": vis.plot_optimization_history, "optuna_parallel_coordinate.html": vis.plot_parallel_coordinate}
     if len(complete) >= 2:

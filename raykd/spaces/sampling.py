@@ -86,6 +86,23 @@ def _decode_order(flat: dict[str, Any], pname: str, dist: Order, pool: list[str]
     return order
 
 
+def encode_order(pname: str, dist: Order, pool: list[str], order: list[str]) -> dict[str, Any]:
+    """The flat values ``_suggest_order`` would have drawn for ``order`` (what ``_decode_order`` reads),
+    for searchers that pick orders themselves."""
+    members = dist.pool or pool
+    lo, hi = dist.k_range
+    k = len(order)
+    suffix = f"_k{k}" if lo != hi else ""
+    flat: dict[str, Any] = {f"{pname}_k": k} if lo != hi else {}
+    if math.perm(len(members), k) <= MAX_CATEGORICAL_ORDERS:
+        return {**flat, pname + suffix: ORDER_SEP.join(order)}
+    remaining = list(members)
+    for i, teacher in enumerate(order):
+        flat[f"{pname}{suffix}_lehmer{i}"] = remaining.index(teacher)
+        remaining.remove(teacher)
+    return flat
+
+
 def _set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:

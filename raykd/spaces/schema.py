@@ -67,6 +67,9 @@ Param = Annotated[LogUniform | Uniform | IntRange | Choice | Order, Field(discri
 
 
 class SearchSettings(Strict):
+    # Which search algorithm proposes the trials (raykd/search/algorithms/<name>.py); `sampler` and
+    # `n_startup_trials` are the optuna algorithm's.
+    algorithm: Literal["optuna", "exhaustive", "bgs"] = "optuna"
     sampler: Literal["tpe", "cmaes", "nsga2", "random", "grid"] = "tpe"
     seed: int = 0
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
@@ -235,25 +238,20 @@ def load_space(path: str | Path) -> SearchSpace:
     exp = parse_experiment(_resolve_paths(exp_data, exp_path.resolve().parent), str(exp_path))
     space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
     _check_params(space)
-    return _with_grid_size(space) if space.search.sampler == "grid" else space
+    return _with_algorithm_sample_count(space)
 
 
-def _with_grid_size(space: SearchSpace) -> SearchSpace:
-    """A grid search runs every point of the space once: refuse a space that has no finite grid,
-    and set num_samples to the grid's size (refusing a different one the file asks for)."""
-    from raykd.spaces.grid import ContinuousParameter, grid_points
-    from raykd.spaces.sampling import define_by_run
+def _with_algorithm_sample_count(space: SearchSpace) -> SearchSpace:
+    """Some algorithms decide how many trials there are (a grid runs every point once; bgs runs up to
+    a bound and stops by itself): set num_samples to that, refusing a different one the file asks for.
+    The algorithm also refuses a space it cannot search."""
+    from raykd.search.algorithms import fixed_num_samples
 
-    try:
-        points = grid_points(define_by_run(space))
-    except ContinuousParameter as err:
-        key = "params." + str(err.args[0]).replace("/", ".")
-        raise ConfigError(space.source, key, "is continuous, so the space has no grid: give it as a choice, "
-                          "or use sampler random/tpe") from None
-    except ValueError as err:
-        raise ConfigError(space.source, "search.sampler", str(err)) from None
+    fixed = fixed_num_samples(space)
+    if fixed is None:
+        return space
+    count, why = fixed
     given = space.search.num_samples
-    if "num_samples" in space.search.model_fields_set and given != len(points):
-        raise ConfigError(space.source, "search.num_samples",
-                          f"the grid has {len(points)} points, each run once (got num_samples {given}; leave it out)")
-    return space.model_copy(update={"search": space.search.model_copy(update={"num_samples": len(points)})})
+    if "num_samples" in space.search.model_fields_set and given != count:
+        raise ConfigError(space.source, "search.num_samples", f"{why} (got num_samples {given}; leave it out)")
+    return space.model_copy(update={"search": space.search.model_copy(update={"num_samples": count})})

@@ -1,11 +1,18 @@
-"""Ray Tune's OptunaSearch, told the truth about trials ASHA stopped early."""
+"""Optuna (``algorithm: optuna``, the default): Ray Tune's OptunaSearch with the space's ``sampler``,
+told the truth about trials ASHA stopped early. The study is kept in ``optuna.db``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd.spaces.schema import SearchSettings
+from raykd.search.algorithms.exhaustive import space_grid
+from raykd.spaces.sampling import define_by_run
+from raykd.spaces.schema import SearchSettings, SearchSpace
+
+STUDY_FILE = "optuna.db"
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
@@ -35,3 +42,28 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         if result and not error and int(result.get("epoch", self.full_epochs)) < self.full_epochs:
             result = None  # OptunaSearch records a result-less, error-less trial as PRUNED
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def study_name(results_dir: Path) -> str:
+    return f"raykd-{results_dir.name}"
+
+
+def fixed_num_samples(space: SearchSpace) -> tuple[int, str] | None:
+    if space.search.sampler != "grid":
+        return None
+    n = len(space_grid(space, "use sampler random/tpe"))
+    return n, f"the grid has {n} points, each run once"
+
+
+def build(space: SearchSpace, results_dir: Path, epochs: int) -> EarlyStopAwareOptunaSearch:
+    s = space.search
+    return EarlyStopAwareOptunaSearch(
+        space=define_by_run(space),
+        points_to_evaluate=space_grid(space, "use sampler random/tpe") if s.sampler == "grid" else None,
+        metric=space.metric,
+        mode=space.mode,
+        sampler=make_sampler(s),
+        study_name=study_name(results_dir),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{results_dir / STUDY_FILE}"),
+        full_epochs=epochs,
+    )
