@@ -29,7 +29,7 @@ lint: install
 	$(BIN)/ruff check raykd tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/kd_vs_student.py
+	$(BIN)/python -m benchmarks.kd_vs_student
 
 clean:
 	rm -rf $(VENV) .raykd_cache runs mlflow.db

@@ -3,7 +3,9 @@ searched through the CLI with ``--address``: trials train on both nodes from one
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -69,37 +71,53 @@ def two_nodes():
     """(GCS address, dashboard URL); the cluster is always torn down, by its own processes."""
     # Short paths under /tmp: Ray's unix sockets live in the temp dir (107-character limit).
     head_tmp, worker_tmp = tempfile.mkdtemp(prefix="rkh"), tempfile.mkdtemp(prefix="rkw")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # RAYKD_CACHE: the session's
+    # RAYKD_CACHE: the session's. Ray 2.60 clusters authenticate with a token: one of the test's own
+    # for the head, the joining node and the driver (a node without it is refused after `ray start`).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     port, dashboard = free_port(), free_port()
     try:
         ray_start(["--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}"], head_tmp, env)
-        # Ray 2.60's head requires its auth token (~/.ray/auth_token here); a joining node only
-        # presents it in token mode, and is otherwise refused after `ray start` has returned 0.
-        ray_start([f"--address=127.0.0.1:{port}"], worker_tmp, {**env, "RAY_AUTH_MODE": "token"})
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+        ray_start([f"--address=127.0.0.1:{port}"], worker_tmp, env)
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
     finally:
         kill_cluster([head_tmp, worker_tmp])
         leftover = pids_using(head_tmp) + pids_using(worker_tmp)
         assert not leftover, f"cluster processes left running: {leftover}"
 
 
-def test_search_on_two_nodes_uses_both_and_one_cache(tmp_path, two_nodes):
-    from ray.util.state import list_actors, list_nodes
+STATE_QUERY = """
+import json, sys
+from ray.util.state import list_actors, list_nodes
+address = sys.argv[1]
+workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                      limit=1000, raise_on_missing_output=False)
+print(json.dumps({"nodes": sorted(n.node_id for n in list_nodes(address=address)),
+                  "worker_nodes": sorted({w.node_id for w in workers})}))
+"""
 
-    address, dashboard = two_nodes
+
+def cluster_state(dashboard: str, env: dict[str, str]) -> dict:
+    """Nodes and the nodes Ray Train workers ran on, from Ray's state API. In a subprocess: Ray reads
+    its auth mode once per process, and this test process may have imported Ray without a token."""
+    proc = subprocess.run([sys.executable, "-c", STATE_QUERY, dashboard], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_search_on_two_nodes_uses_both_and_one_cache(tmp_path, two_nodes):
+    address, dashboard, env = two_nodes
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-m", "raykd.tune", str(TESTS / "data" / "cluster_space.yaml"),
                            "--address", address, "--results-dir", str(tmp_path / "results"), "--tracking-uri", uri],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    nodes = {n.node_id for n in list_nodes(address=dashboard)}
-    workers = list_actors(address=dashboard, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                          limit=1000, raise_on_missing_output=False)
-    assert len(nodes) == 2
-    assert {w.node_id for w in workers} == nodes, "the two trials did not train on both nodes"
+    state = cluster_state(dashboard, env)
+    assert len(state["nodes"]) == 2
+    assert state["worker_nodes"] == state["nodes"], "the two trials did not train on both nodes"
 
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("tiny").experiment_id], max_results=100)

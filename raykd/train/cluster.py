@@ -68,7 +68,7 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address, key)
-        ray.init(address=address, log_to_driver=True)
+        _join_authenticated(address, key)
         return
     live, dead = choose_local_instance(recorded_local_instances())
     if live:
@@ -84,6 +84,19 @@ def init_ray(address: str | None) -> None:
     # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
     # workers of a trial that Tune stopped early.
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def _join_authenticated(address: str, key: str) -> None:
+    """Join a cluster; a head that wants Ray 2.60's auth token we lack is one line, not a traceback."""
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except RuntimeError as err:
+        if not isinstance(err.__cause__, ray.exceptions.AuthenticationError):
+            raise
+        raise ConfigError(key, "", f"the Ray cluster at {address} requires its auth token: set RAY_AUTH_MODE=token "
+                          "and RAY_AUTH_TOKEN (or copy the head's ~/.ray/auth_token)") from None
 
 
 @dataclass(frozen=True)
