@@ -29,10 +29,12 @@ def search(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("final")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    started = not ray.is_initialized()  # the session's cluster (ray_cluster) is not this module's to stop
     outcome = run_search(load_space(SPACE), root / "search", tracking_uri=uri)
     assert outcome.best is not None and len({t["trial_id"] for t in outcome.trials}) == 2
     yield {"root": root, "uri": uri, "outcome": outcome, "dir": outcome.results_dir, "runs": {}}
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def client(uri):
