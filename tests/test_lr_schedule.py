@@ -53,3 +53,26 @@ def test_default_schedule_keeps_cache_keys():
     """Cached teachers and stage prefixes were keyed before lr_schedule existed."""
     assert "lr_schedule" not in Optim().key_dump()
     assert Optim(lr_schedule={"type": "step", "milestones": [8]}).key_dump()["lr_schedule"]["milestones"] == [8]
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(), StepSchedule(type="step", milestones=[100], gamma=0.1)])
+def test_warm_up_rises_from_its_start_to_exactly_one(schedule):
+    from raykd.train.lr_schedule import WARMUP_START
+
+    warm = [lr_factor(schedule, it, 400, 100, 10) for it in range(101)]
+    assert warm[0] == WARMUP_START and warm[100] == 1.0
+    assert all(a < b for a, b in zip(warm, warm[1:], strict=False))
+    # A short schedule warms up for a quarter of its length at most; no warm-up starts at the full lr.
+    assert lr_factor(schedule, 1, 8, 100, 10) < 1.0 and lr_factor(schedule, 2, 8, 100, 10) == 1.0
+    assert lr_factor(schedule, 0, 8, 0, 10) == 1.0
+
+
+def test_cosine_decays_from_one_to_its_floor_after_the_warm_up():
+    from raykd.train.lr_schedule import COSINE_FLOOR
+
+    total, warm = 40, 10
+    factors = [lr_factor(CosineSchedule(), it, total, warm, 10) for it in range(warm, total + 1)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(COSINE_FLOOR, abs=1e-12)
+    assert factors[15] == pytest.approx((1 + COSINE_FLOOR) / 2)  # half-way through the decay
+    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+    assert factors[-2] > COSINE_FLOOR  # the last trained iteration is still above the floor

@@ -1,6 +1,7 @@
 """Search-space sampling: conditional names, joint constraints, teacher-order encodings."""
 
 import itertools
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -59,9 +60,51 @@ def test_large_pools_use_a_lehmer_code(tmp_path, monkeypatch):
         assert sorted(method.params["order"]) == ["big", "gfl"]
 
 
-def test_order_k_range_decodes_each_length():
-    dist = Order(type="order", k=(1, 2))
-    assert dist.k_range == (1, 2)
+def test_order_k_range_samples_and_decodes_each_length(tmp_path):
+    assert Order(type="order", k=(1, 2)).k_range == (1, 2) and Order(type="order", k=2).k_range == (2, 2)
+    space = write(tmp_path, method="mtpd", params={"mtpd": {"order": {"type": "order", "k": [1, 2]}}})
+    lengths = set()
+    for flat, method in sample(space, 30):
+        k = flat["mtpd/order_k"]
+        assert set(flat) == {"mtpd/order_k", f"mtpd/order_k{k}"}  # one categorical per length
+        assert len(method.params["order"]) == k and set(method.params["order"]) <= {"big", "gfl"}
+        lengths.add(k)
+    assert lengths == {1, 2}
+
+
+def three_teacher_orders(tmp_path, k):
+    path = tmp_path / "orders.yaml"
+    path.write_text(yaml.safe_dump({"experiment": str(TESTS / "data" / "three_teachers.yaml"), "method": "mtpd",
+                                    "params": {"mtpd": {"order": {"type": "order", "k": k}}}}))
+    return load_space(path)
+
+
+@pytest.mark.parametrize("encoding", ["categorical", "lehmer"])
+@pytest.mark.parametrize("k", [3, [1, 3]])
+def test_every_order_of_a_three_teacher_pool_round_trips(tmp_path, monkeypatch, encoding, k):
+    """encode_order gives exactly the values the space would draw for an order, and trial_method
+    turns them back into that order, for every order of every allowed length."""
+    import raykd.spaces.sampling as sampling
+
+    if encoding == "lehmer":
+        monkeypatch.setattr(sampling, "MAX_CATEGORICAL_ORDERS", 1)
+    space = three_teacher_orders(tmp_path, k)
+    dist, pool = space.params["mtpd"]["order"], space.exp.teacher_names
+    assert pool == ["big", "gfl", "mid"]
+    lo, hi = dist.k_range
+    orders = [list(o) for n in range(lo, hi + 1) for o in itertools.permutations(pool, n)]
+    encoded = set()
+    for order in orders:
+        flat = sampling.encode_order("mtpd/order", dist, pool, order)
+        assert any("lehmer" in name for name in flat) == (encoding == "lehmer")
+        drawn = optuna.trial.FixedTrial(flat)
+        define_by_run(space)(drawn)  # the space asks for exactly these names, and accepts these values
+        assert drawn.params == flat
+        assert trial_method(space, flat).params["order"] == order
+        nested = {"mtpd": {name.split("/", 1)[1]: v for name, v in flat.items()}}  # as Tune passes it
+        assert trial_method(space, nested).params["order"] == order
+        encoded.add(tuple(sorted(flat.items())))
+    assert len(encoded) == len(orders) == (6 if k == 3 else 3 + 6 + 6)  # no two orders share a code
 
 
 @pytest.mark.parametrize("values", [[7], [3, 5]])
@@ -76,11 +119,21 @@ def test_joint_choice_only_offers_valid_pairs(tmp_path, values):
 @pytest.mark.parametrize("name", ["icd", "frs", "crosskd", "mtpd_order", "demo", "policy", "policy_coco"])
 def test_shipped_spaces_parse(name):
     from raykd.config.yamlio import load_yaml_mapping
+    from raykd.distill.base import check_method
     from raykd.spaces.schema import SearchSpace
 
     path = TESTS.parent / "search_spaces" / f"{name}.yaml"
     space = SearchSpace(**load_yaml_mapping(path), source=str(path))
     assert space.methods
+    # COCO experiments need data and checkpoints that are not here: the pool is read from the file,
+    # and every set-up the space draws must be one its method accepts (names, ranges, joint choices).
+    pool = list(load_yaml_mapping((path.parent / space.experiment).resolve())["teachers"])
+    space = space.model_copy(update={"loaded_experiment": SimpleNamespace(teacher_names=pool)})
+    drawn = set()
+    for _, method in sample(space, 25):
+        assert check_method(method.name, method.params, method.teacher, pool) is None, method
+        drawn.add(method.name)
+    assert drawn == set(space.methods)
 
 
 def test_demo_space_loads_against_the_demo_experiment():
