@@ -64,8 +64,10 @@ def check_mtpd(params: dict[str, Any], pool: list[str]) -> tuple[str, str] | Non
     if p.stage_epochs is not None and "stage_schedule" in p.model_fields_set:
         return "params.stage_schedule", "give stage_schedule or stage_epochs, not both"
     problem = check_method(p.base, p.base_params, None, pool)
-    if problem:
-        return f"params.base_params.{problem[0]}", problem[1]
+    if problem:  # the base method's key ("params.lambda") names a key of base_params here
+        key, message = problem
+        inner = key.removeprefix("params").lstrip(".")
+        return ("params.base_params." + inner).rstrip("."), message
     return None
 
 
