@@ -14,11 +14,18 @@ from raykd.eval.coco import METRIC_NAMES, coco_metrics, detections_to_coco, load
 
 @pytest.fixture(scope="module")
 def gt(tmp_path_factory):
+    # Its own cache for this set, set only while it is generated: later tests keep the session's.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAYKD_CACHE", str(tmp_path_factory.mktemp("evalcache")))
+        root = ensure_shapes(ShapesData(num_train=1, num_val=40, image_size=128, seed=4))
+    return load_gt(root / "annotations" / "instances_val.json")
+
+
+def test_the_eval_set_leaves_the_session_cache_alone(gt):
     import os
 
-    os.environ["RAYKD_CACHE"] = str(tmp_path_factory.mktemp("evalcache"))
-    root = ensure_shapes(ShapesData(num_train=1, num_val=40, image_size=128, seed=4))
-    return load_gt(root / "annotations" / "instances_val.json")
+    assert len(gt.getImgIds()) == 40
+    assert "evalcache" not in os.environ["RAYKD_CACHE"]  # later tests use the session's cache
 
 
 def noisy_detections(gt, seed=0):
