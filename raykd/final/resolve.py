@@ -35,7 +35,7 @@ from raykd.config.run import RunSpec, validate_method
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
-from raykd.search.layout import BEST_FILE, STATE_FILE
+from raykd.search.layout import BEST_FILE, STATE_FILE, TRIALS_FILE
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
 from raykd.train.layout import STUDENT_FILE
 
@@ -111,6 +111,15 @@ def _from_trial_file(path: Path, trial_id: str | None, tracking_uri: str | None)
         raise ConfigError(str(path), "--trial", "this file names no MLflow search run to look other trials up in")
     other = _trial_from_mlflow(uri or DEFAULT_TRACKING_URI, parent, trial_id)
     return Promotion(other, f"trial {trial_id}", path.parent, results, parent, uri)
+
+
+def ranking_text(promo: Promotion) -> str | None:
+    """The search's ``trials.yaml`` (its results directory, else its MLflow parent run's artifact)."""
+    if promo.results_dir is not None and (promo.results_dir / TRIALS_FILE).is_file():
+        return (promo.results_dir / TRIALS_FILE).read_text()
+    if promo.parent_run_id:
+        return _artifact_text(_tracker(promo.tracking_uri or DEFAULT_TRACKING_URI), promo.parent_run_id, TRIALS_FILE)
+    return None
 
 
 def _tracker(uri: str):

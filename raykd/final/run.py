@@ -163,3 +163,19 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     write_json_atomic(out / SUMMARY_FILE, summary)
     tracker.log_file(run_id, out / SUMMARY_FILE)
     return summary
+
+
+def register_validated(tracker, run_id: str, exp, student: Path, metrics: dict[str, float], key: str, spec,
+                       promo) -> dict[str, str]:
+    """Register the validation's winner (its best seed's student, logged on that run's MLflow run)."""
+    from raykd.tracking.registry import register_student, registered_name
+
+    description = (f"{spec.method.name} distillation of {exp.name}, validated: {key} "
+                   f"({schedule_text(spec.schedule)}, seed {spec.seed}): val bbox_mAP "
+                   f"{metrics.get('bbox_mAP', float('nan')):.4f}; the best full-schedule mean of the validation "
+                   f"of search run {promo.parent_run_id} (see its validation.json)")
+    version = register_student(tracker.uri, run_id, exp, student, metrics,
+                               tags={"raykd.validation_run": key, "raykd.method": spec.method.name, "raykd.run_id": run_id},
+                               description=description, step=0)
+    tracker.set_tags(run_id, {"raykd.registered_model": registered_name(exp), "raykd.registered_version": version.version})
+    return {"name": registered_name(exp), "version": str(version.version), "run": key, "run_id": run_id}

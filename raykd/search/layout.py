@@ -9,6 +9,9 @@ from raykd.errors import ConfigError
 
 STATE_FILE = "search.json"  # status, MLflow parent run, wall time; rewritten atomically
 BEST_FILE = "best.yaml"  # the best trial's TrialConfig
+TRIALS_FILE = "trials.yaml"  # every scored trial, best first: rank, epochs reached, score, TrialConfig
+PARETO_FILE = "pareto.yaml"  # multi-objective searches: the non-dominated finished trials, with TrialConfigs
+PARETO_PLOT = "plots/pareto_front.png"  # and their plot (also on the MLflow parent run)
 STATE_KEYS = ("space", "parent_run_id", "status")  # what --resume reads from STATE_FILE
 
 

@@ -1,0 +1,251 @@
+"""Teacher-order search on the demo pool: exhaustive vs TPE over ``order`` vs backward greedy selection.
+
+    python -m benchmarks.order_search                 # every phase, in order (resumable: done phases are kept)
+    python -m benchmarks.order_search --phase tpe     # one phase: exhaustive | bgs | tpe | full | report
+
+The pool is the demo's three teachers, orders of 1-3 teachers (15), MTPD at its defaults (MGD stages,
+stage 1 starts from its teacher), search fidelity 3 epochs (the demo's), full schedule 8 epochs.
+
+- ``exhaustive``: a real search (``algorithm: exhaustive``) scores all 15 orders at search fidelity.
+- ``bgs``: a real search (``algorithm: bgs``); its trials re-run orders the exhaustive search ran, so
+  they also check that a trial's score is reproducible (same order, seed and settings, same score).
+- ``tpe``: raykd's own Optuna searcher (TPE over ``order``, the one a search builds) is driven with
+  the exhaustive table's scores instead of retraining (trials are deterministic, which the bgs phase
+  checks), two trials outstanding at a time as in the search, for sampler seeds 0-4, at budgets of
+  25 % and 50 % of the exhaustive search's trial-epochs. BGS at a budget is its real trajectory cut
+  where the budget runs out (its rounds do not depend on the budget).
+- ``full``: the reference answer: the exhaustive search's top orders plus every pick above, retrained
+  at the full schedule on seeds 0 and 1 (Ray Tune trials, one Ray Train run each).
+- ``report``: the table (``benchmarks/out/order_search.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import DEMO, OUT, save
+
+RUNS = Path("runs/bench-order-search")
+RAW = OUT / "order_search.json"
+BUDGETS = (0.25, 0.5)
+TPE_SEEDS = range(5)
+TOP_ORDERS = 3
+SEEDS = (0, 1)
+FIDELITY_EPOCHS = 3
+SPACE = {
+    "experiment": str(DEMO),
+    "method": "mtpd",
+    "params": {"mtpd": {"order": {"type": "order", "k": [1, 3]}}},
+    "scheduler": {"type": "none"},
+    "metric": "bbox_mAP",
+    "mode": "max",
+    "resources": {"workers": 1, "cpus_per_worker": 1},
+    "fidelity": {"epochs": FIDELITY_EPOCHS},
+}
+
+
+def load(name: str, search: dict[str, Any]):
+    """The benchmark's space with ``search`` settings, written beside its runs."""
+    from raykd.spaces import load_space
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    path = RUNS / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "search": search}, sort_keys=False))
+    return load_space(path)
+
+
+def raw() -> dict[str, Any]:
+    return json.loads(RAW.read_text()) if RAW.is_file() else {}
+
+
+def key(order: list[str]) -> str:
+    return ">".join(order)
+
+
+def search_trials(name: str, search: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run a real search; its trials in the order they finished: order, score, epochs."""
+    from raykd.search.runner import run_search
+
+    results = RUNS / name
+    outcome = run_search(load(name, search), results, tracking_uri=f"sqlite:///{(RUNS / 'mlflow.db').resolve()}")
+    ranking = yaml.safe_load((results / "trials.yaml").read_text())["trials"]
+    by_id = {r["trial"]["trial_id"]: r for r in ranking}
+    finished = sorted(by_id.values(), key=lambda r: _end_time(results, r["trial"]["trial_id"]))
+    return [{"order": r["trial"]["method"]["params"]["order"], "score": r["score"], "epochs": r["epoch"],
+             "trial_id": r["trial"]["trial_id"]} for r in finished] + \
+        [{"order": None, "error": t["error"], "trial_id": t["trial_id"]} for t in outcome.trials if t["error"]]
+
+
+def _end_time(results: Path, trial_id: str) -> float:
+    """When a trial finished: the modification time of its last Tune result."""
+    files = list((results / "tune").glob(f"*{trial_id}*/result.json"))
+    return max(f.stat().st_mtime for f in files) if files else float("inf")
+
+
+def phase_exhaustive(data: dict[str, Any]) -> None:
+    data["exhaustive"] = search_trials("exhaustive", {"algorithm": "exhaustive", "max_concurrent_trials": 2})
+
+
+def phase_bgs(data: dict[str, Any]) -> None:
+    data["bgs"] = search_trials("bgs", {"algorithm": "bgs", "max_concurrent_trials": 2})
+    table = {key(t["order"]): t["score"] for t in data["exhaustive"]}
+    data["bgs_reproduces_exhaustive"] = [
+        {"order": key(t["order"]), "bgs": t["score"], "exhaustive": table.get(key(t["order"]))} for t in data["bgs"]
+    ]
+
+
+def replay_tpe(table: dict[str, float], seed: int, budget_epochs: float) -> list[dict[str, Any]]:
+    """raykd's TPE searcher over ``order``, told the exhaustive scores; two trials outstanding."""
+    import tempfile
+
+    from raykd.search.algorithms import make_searcher
+    from raykd.spaces.sampling import trial_method
+
+    n_trials = int(budget_epochs // FIDELITY_EPOCHS)
+    space = load(f"tpe-{seed}", {"sampler": "tpe", "seed": seed, "n_startup_trials": 4, "num_samples": n_trials,
+                                 "max_concurrent_trials": 2})
+    with tempfile.TemporaryDirectory() as tmp:
+        searcher = make_searcher(space, Path(tmp), FIDELITY_EPOCHS)
+        running: list[tuple[str, dict]] = []
+        trials = []
+        for i in range(n_trials):
+            config = searcher.suggest(f"t{i}")
+            running.append((f"t{i}", config))
+            if len(running) == 2 or i == n_trials - 1:
+                for tid, cfg in running:
+                    order = trial_method(space, cfg).params["order"]
+                    score = table[key(order)]
+                    searcher.on_trial_complete(tid, {"bbox_mAP": score, "epoch": FIDELITY_EPOCHS})
+                    trials.append({"order": order, "score": score, "epochs": FIDELITY_EPOCHS})
+                running = []
+    return trials
+
+
+def phase_tpe(data: dict[str, Any]) -> None:
+    table = {key(t["order"]): t["score"] for t in data["exhaustive"]}
+    total = sum(t["epochs"] for t in data["exhaustive"])
+    data["tpe"] = {str(b): {str(s): replay_tpe(table, s, b * total) for s in TPE_SEEDS} for b in BUDGETS}
+
+
+def cut(trials: list[dict[str, Any]], budget_epochs: float) -> list[dict[str, Any]]:
+    """The trials that fit in a budget of trial-epochs, in the order they ran."""
+    used, kept = 0, []
+    for t in trials:
+        if used + t["epochs"] > budget_epochs:
+            break
+        used += t["epochs"]
+        kept.append(t)
+    return kept
+
+
+def pick(trials: list[dict[str, Any]]) -> str | None:
+    scored = [t for t in trials if t.get("order")]
+    return key(max(scored, key=lambda t: t["score"])["order"]) if scored else None
+
+
+def picks(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each algorithm would register at each budget, and the trial-epochs it used."""
+    total = sum(t["epochs"] for t in data["exhaustive"])
+    out = {"exhaustive": {"pick": pick(data["exhaustive"]), "epochs": total}}
+    bgs = [t for t in data["bgs"] if t.get("order")]
+    out["bgs (complete)"] = {"pick": pick(bgs), "epochs": sum(t["epochs"] for t in bgs)}
+    for b in BUDGETS:
+        kept = cut(bgs, b * total)
+        out[f"bgs {int(b * 100)}%"] = {"pick": pick(kept), "epochs": sum(t["epochs"] for t in kept)}
+        runs = data["tpe"][str(b)]
+        out[f"tpe {int(b * 100)}%"] = {"picks": {s: pick(r) for s, r in runs.items()},
+                                       "epochs": statistics.fmean(sum(t["epochs"] for t in r) for r in runs.values())}
+    return out
+
+
+def phase_full(data: dict[str, Any]) -> None:
+    """Top exhaustive orders and every pick, at the full schedule on each seed (Tune trials)."""
+    from ray import tune
+
+    from raykd.config import load_experiment
+    from raykd.config.experiment import Resources
+    from raykd.config.run import MethodSpec, RunSpec
+    from raykd.final.validation_runs import concurrent_runs, validation_run
+
+    ranked = sorted(data["exhaustive"], key=lambda t: -t["score"])
+    orders = [key(t["order"]) for t in ranked[:TOP_ORDERS]]
+    for p in picks(data).values():
+        for o in [p.get("pick"), *p.get("picks", {}).values()]:
+            if o and o not in orders:
+                orders.append(o)
+    exp = load_experiment(DEMO)
+    done = data.setdefault("full", {})
+    specs = {f"{o}|s{s}": RunSpec(experiment=exp, method=MethodSpec(name="mtpd", params={"order": o.split(">")}),
+                                  schedule=exp.schedules.full, seed=s, resources=Resources(workers=1, cpus_per_worker=1))
+             for o in orders for s in SEEDS if f"{o}|s{s}" not in done}
+    if not specs:
+        return
+    print(f"[order_search] full schedule: {len(specs)} runs ({', '.join(orders)})", flush=True)
+    storage = (RUNS / "full").resolve()
+    grid = tune.Tuner(
+        tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
+        param_space={"run": tune.grid_search(list(specs))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_runs(next(iter(specs.values())))),
+        run_config=tune.RunConfig(name=f"tune-{len(done)}", storage_path=str(storage), verbose=1),
+    ).fit()
+    for r in grid:
+        if not r.error and r.metrics and "bbox_mAP" in r.metrics:
+            done[r.config["run"]] = float(r.metrics["bbox_mAP"])
+
+
+def full_mean(data: dict[str, Any], order: str | None) -> float | None:
+    vals = [data["full"].get(f"{order}|s{s}") for s in SEEDS]
+    return statistics.fmean(vals) if order and all(v is not None for v in vals) else None
+
+
+def phase_report(data: dict[str, Any]) -> None:
+    full_orders = sorted({k.split("|")[0] for k in data.get("full", {})})
+    means = {o: full_mean(data, o) for o in full_orders}
+    best = max((m for m in means.values() if m is not None), default=None)
+    rows = []
+    for name, p in picks(data).items():
+        if "picks" in p:
+            ms = [full_mean(data, o) for o in p["picks"].values()]
+            ms = [m for m in ms if m is not None]
+            ap = statistics.fmean(ms) if ms else None
+            chosen = ", ".join(sorted(set(filter(None, p["picks"].values()))))
+        else:
+            ap, chosen = full_mean(data, p["pick"]), p["pick"]
+        rows.append({"algorithm": name, "pick": chosen, "full_ap": ap,
+                     "distance_to_best": None if ap is None or best is None else best - ap, "trial_epochs": p["epochs"]})
+    spread = [abs(data["full"][f"{o}|s0"] - data["full"][f"{o}|s1"]) for o in full_orders
+              if f"{o}|s0" in data["full"] and f"{o}|s1" in data["full"]]
+    data["table"] = {"rows": rows, "full_means": means, "best_full": best,
+                     "seed_spread_mean": statistics.fmean(spread) if spread else None}
+    print(f"{'algorithm':18} {'pick':45} {'AP full':>8} {'to best':>8} {'trial-ep':>8}")
+    for r in rows:
+        ap = "-" if r["full_ap"] is None else f"{100 * r['full_ap']:.1f}"
+        dist = "-" if r["distance_to_best"] is None else f"{100 * r['distance_to_best']:.1f}"
+        print(f"{r['algorithm']:18} {str(r['pick'])[:45]:45} {ap:>8} {dist:>8} {r['trial_epochs']:>8.1f}")
+
+
+PHASES = {"exhaustive": phase_exhaustive, "bgs": phase_bgs, "tpe": phase_tpe, "full": phase_full, "report": phase_report}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.order_search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--phase", choices=list(PHASES), action="append", help="run only these phases (default: all not done)")
+    args = p.parse_args(argv)
+    data = raw()
+    for name in args.phase or list(PHASES):
+        if args.phase is None and name in data and name not in ("full", "report"):
+            continue  # done before: phases are resumable
+        PHASES[name](data)
+        save(RAW.name, data)
+        print(f"[order_search] phase {name} done -> {RAW}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

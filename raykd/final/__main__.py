@@ -1,0 +1,5 @@
+import sys
+
+from raykd.final.cli import main
+
+main(sys.argv[1:])

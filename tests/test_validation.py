@@ -1,0 +1,121 @@
+"""The validation table of ``raykd.final --top-k/--seeds`` (raykd.final.validate), without Ray: which
+candidates are retrained, the statistics against scipy's, and the table a person reads."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from scipy import stats
+
+from raykd.config.run import MethodSpec
+from raykd.final.validate import (
+    Candidate,
+    candidates,
+    default_method,
+    kendall_tau,
+    paired,
+    spearman_rho,
+    summarize,
+    table_text,
+)
+
+
+def trial_row(trial_id, method, score, epoch=3, params=None):
+    trial = {"trial_id": trial_id, "experiment": "exp.yaml", "method": {"name": method, "params": params or {}},
+             "seed": 0, "schedule": {"epochs": 3}, "resources": {"workers": 1, "cpus_per_worker": 1}}
+    return {"rank": 0, "epoch": epoch, "score": score, "trial": trial}
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")  # scipy answers nan there, as ours None
+@pytest.mark.parametrize("ties", [False, True])
+def test_rank_correlations_match_scipy(ties):
+    rng = random.Random(0)
+    for n in (2, 3, 5, 8):
+        for _ in range(20):
+            x = [rng.choice([0.1, 0.2, 0.3]) if ties else rng.random() for _ in range(n)]
+            y = [rng.choice([0.1, 0.2]) if ties else rng.random() for _ in range(n)]
+            tau, rho = kendall_tau(x, y), spearman_rho(x, y)
+            ref_tau, ref_rho = stats.kendalltau(x, y).statistic, stats.spearmanr(x, y).statistic
+            for ours, ref in ((tau, ref_tau), (rho, ref_rho)):
+                if ours is None:
+                    assert math.isnan(ref)
+                else:
+                    assert math.isclose(ours, ref, abs_tol=1e-12), (x, y, ours, ref)
+
+
+def test_rank_correlations_need_two_pairs():
+    assert kendall_tau([0.3], [0.2]) is None and spearman_rho([0.3], [0.2]) is None
+
+
+def test_defaults_keep_what_the_trial_is_and_drop_its_tuned_knobs():
+    icd = MethodSpec(name="icd", params={"lambda": 3.0, "hidden_dim": 64}, teacher="big")
+    assert default_method(icd) == MethodSpec(name="icd", params={}, teacher="big")
+    mtpd = MethodSpec(name="mtpd", params={"order": ["a", "b"], "base_params": {"alpha_mgd": 1e-3}})
+    assert default_method(mtpd) == MethodSpec(name="mtpd", params={"order": ["a", "b"]})
+
+
+def test_candidates_are_the_top_k_then_defaults_then_the_student_alone():
+    rows = [trial_row("t1", "feature", 0.30, params={"lambda": 4.0}), trial_row("t2", "icd", 0.25),
+            trial_row("t3", "feature", 0.20)]
+    cands = candidates(rows, 2, "search")
+    assert [c.key for c in cands] == ["trial-t1", "trial-t2", "defaults", "student"]
+    assert [c.search_score for c in cands] == [0.30, 0.25, None, None]
+    assert cands[2].method == MethodSpec(name="feature") and cands[3].method == MethodSpec(name="none")
+    from raykd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fewer than 4"):
+        candidates(rows, 4, "search")
+
+
+def test_a_student_only_winner_has_no_separate_defaults():
+    cands = candidates([trial_row("t1", "none", 0.1)], 1, "search")
+    assert [c.key for c in cands] == ["trial-t1", "student"]
+
+
+def _cands():
+    rows = [trial_row("a", "feature", 0.30, params={"lambda": 4.0}), trial_row("b", "feature", 0.28, params={"lambda": 1.0}),
+            trial_row("c", "feature", 0.20, params={"lambda": 9.0})]
+    return candidates(rows, 3, "search")
+
+
+def test_summary_means_winner_correlation_and_paired_gain():
+    scores = {"trial-a-s0": 0.40, "trial-a-s1": 0.44, "trial-b-s0": 0.45, "trial-b-s1": 0.47,
+              "trial-c-s0": 0.30, "trial-c-s1": 0.32, "defaults-s0": 0.41, "defaults-s1": 0.42,
+              "student-s0": 0.20, "student-s1": 0.26}
+    s = summarize(_cands(), [0, 1], scores, "bbox_mAP", "max")
+    rows = {r["candidate"]: r for r in s["rows"]}
+    assert math.isclose(rows["trial-b"]["mean"], 0.46) and math.isclose(rows["trial-b"]["std"], stats.tstd([0.45, 0.47]))
+    assert s["winner"] == "trial-b"  # the full-schedule mean decides, not the search score
+    assert math.isclose(s["kendall_tau"], stats.kendalltau([0.30, 0.28, 0.20], [0.42, 0.46, 0.31]).statistic)
+    gain = s["winner_vs_defaults"]
+    assert gain["against"] == "defaults" and gain["wins"] == 2
+    assert [round(d, 9) for d in gain["diffs"]] == [0.04, 0.05]
+    ref = stats.ttest_rel([0.45, 0.47], [0.41, 0.42])
+    assert math.isclose(gain["t"], ref.statistic) and math.isclose(gain["p_value"], ref.pvalue)
+    assert s["winner_vs_student"]["against"] == "student"
+    text = table_text(s)
+    assert "trial b feature lambda=1 *" in text and "46.0 ± 1.4" in text and "Kendall τ" in text
+    assert "winner vs defaults: 4.5 AP mean over 2 seeds (wins 2/2" in text
+
+
+def test_a_failed_run_leaves_the_mean_of_the_seeds_that_finished():
+    scores = {"trial-a-s0": 0.40, "trial-b-s0": 0.30, "trial-b-s1": 0.34, "defaults-s0": 0.1, "defaults-s1": 0.1}
+    s = summarize(_cands(), [0, 1], scores, "bbox_mAP", "max")
+    rows = {r["candidate"]: r for r in s["rows"]}
+    assert rows["trial-a"]["per_seed"] == {"0": 0.40} and rows["trial-a"]["std"] == 0.0
+    assert rows["trial-c"]["mean"] is None and rows["student"]["mean"] is None
+    assert s["winner"] == "trial-a" and s["winner_vs_student"] is None
+    assert s["winner_vs_defaults"]["seeds"] == 1 and s["winner_vs_defaults"]["p_value"] is None
+
+
+def test_paired_comparison_of_a_row_with_itself_is_none():
+    row = {"candidate": "x", "per_seed": {"0": 0.1}}
+    assert paired(row, row, [0]) is None and paired(row, None, [0]) is None
+
+
+def test_min_mode_picks_the_lowest_mean():
+    c = candidates([trial_row("x", "feature", 1.0), trial_row("y", "feature", 2.0)], 2, "search")
+    s = summarize(c, [0], {"trial-x-s0": 5.0, "trial-y-s0": 3.0}, "loss", "min")
+    assert s["winner"] == "trial-y" and isinstance(c[0], Candidate)
