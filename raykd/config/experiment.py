@@ -211,9 +211,6 @@ class Experiment(Strict):
     def first_teacher(self) -> str:
         return self.default_teacher or next(iter(self.teachers))
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 def spec_hash(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (used to key caches)."""

@@ -52,10 +52,6 @@ class RunSpec(Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    @property
-    def teacher(self) -> str:
-        return self.method.teacher or self.experiment.first_teacher
-
 
 def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
     """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,7 +33,6 @@ class KDStep:
     teacher_feats: Callable[[str], tuple[Tensor, ...]]  # teacher name -> neck outputs (no grad, cached)
     iteration: int
     max_iters: int
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -24,7 +24,6 @@ STUDENT_ARTIFACT = "student"
 SPEC_ARTIFACT = "model_spec"
 SPEC_FILE = "model_spec.yaml"
 MODEL_NAME = "student"  # the logged model's name inside the run
-AP_TAG = "bbox_mAP"
 
 # The models-from-code file: the only thing MLflow executes when it loads a version.
 _CODE = """\
