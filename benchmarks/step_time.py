@@ -2,7 +2,7 @@
 
 Every method's training step (forward, backward, optimizer step) runs on the same batches,
 interleaved round-robin so that machine noise hits all of them alike; the ratio of medians is
-reported. Run: ``python benchmarks/step_time.py [--steps 20]``.
+reported. Run: ``python -m benchmarks.step_time [--steps 20]`` (as a module: it imports ``benchmarks.common``).
 """
 
 from __future__ import annotations
