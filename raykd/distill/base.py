@@ -48,13 +48,59 @@ class StageStart:
     rank: int
 
 
-class Distiller(nn.Module, ABC):
-    """Base class. Subclasses build their modules in ``__init__`` and implement ``losses``."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: a loss method over part of the schedule. ``method`` is a MethodSpec and
+    ``schedule`` a Schedule (raykd.config types; annotated loosely so that this module, which the
+    config layer validates against, does not import it)."""
+
+    method: Any
+    schedule: Any
+
+
+class Method(ABC):
+    """What every registered method answers before any model exists: its parameters, their checks,
+    and the stages a run of it trains (``plan``)."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
-    # Single-teacher methods name the teacher they read; `none` needs no teacher at all.
+    # Single-teacher methods name the teacher they read; `none` needs no teacher at all, and a
+    # composite method picks its stages' teachers itself (from the pool, through its parameters).
     uses_teacher: ClassVar[bool] = True
+    # Whether its stages may distil from any pool member (a search must have them all ready).
+    draws_from_pool: ClassVar[bool] = False
+
+    @classmethod
+    def check(cls, params: MethodParams, teacher_pool: list[str]) -> str | tuple[str, str] | None:
+        """Cross-field checks a pydantic model cannot express alone (e.g. names in the teacher pool)."""
+        return None
+
+    @classmethod
+    def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:
+        """The stages a run of ``method`` (a MethodSpec) trains: this method over the whole schedule."""
+        return [Stage(method, schedule)]
+
+    @classmethod
+    def run_length(cls, params: dict[str, Any], schedule) -> int:
+        """How long a run of a Schedule trains, in the schedule's unit (epochs or iterations); a
+        staged run may train longer than its schedule."""
+        return schedule.epochs if schedule.epochs is not None else schedule.iters
+
+
+class Composite(Method):
+    """A method that is a sequence of stages over other methods (MTPD), never a module of its own."""
+
+    uses_teacher: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:
+        """The run's stages, each a loss method with its teacher and schedule."""
+
+
+class Distiller(Method, nn.Module):
+    """Base class of the loss methods. Subclasses build their modules in ``__init__`` and implement ``losses``."""
+
     # True if a step may leave some of the method's parameters without a gradient (DDP must then
     # search the graph for them every step, which costs time and warns when nothing is unused).
     may_skip_params: ClassVar[bool] = False
@@ -76,11 +122,6 @@ class Distiller(nn.Module, ABC):
     def teacher(self) -> nn.Module:
         return self._teachers[self.teacher_name]
 
-    @classmethod
-    def check(cls, params: MethodParams, teacher_pool: list[str]) -> str | tuple[str, str] | None:
-        """Cross-field checks a pydantic model cannot express alone (e.g. names in the teacher pool)."""
-        return None
-
     @abstractmethod
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         """Named losses (keys start with ``loss_``), already weighted."""
@@ -95,10 +136,10 @@ class Distiller(nn.Module, ABC):
         return [{"params": params, **base}] if params else []
 
 
-_METHODS: dict[str, type[Distiller]] = {}
+_METHODS: dict[str, type[Method]] = {}
 
 
-def register_method(cls: type[Distiller]) -> type[Distiller]:
+def register_method(cls: type[Method]) -> type[Method]:
     if cls.name in _METHODS:
         raise KeyError(f"distillation method {cls.name!r} is already registered")
     _METHODS[cls.name] = cls
@@ -106,16 +147,29 @@ def register_method(cls: type[Distiller]) -> type[Distiller]:
 
 
 def method_names() -> list[str]:
-    """Every name a run may use: the registered losses plus MTPD's staged runs."""
+    """Every name a run may use: the loss methods and the composite ones (MTPD)."""
     _import_builtin_methods()
-    return sorted([*_METHODS, "mtpd"])
+    return sorted(_METHODS)
 
 
-def get_method(name: str) -> type[Distiller]:
+def get_method(name: str) -> type[Method]:
     _import_builtin_methods()
     if name not in _METHODS:
         raise KeyError(f"unknown method {name!r} (expected one of {', '.join(method_names())})")
     return _METHODS[name]
+
+
+def get_distiller(name: str) -> type[Distiller]:
+    """A loss method (what one stage builds); a composite name here is a planning bug, not user input."""
+    cls = get_method(name)
+    if not issubclass(cls, Distiller):
+        raise TypeError(f"method {name!r} is composite: plan its stages, then build each stage's method")
+    return cls
+
+
+def plan(method, schedule, teacher_pool: list[str]) -> list[Stage]:
+    """The stages a run of ``method`` (a MethodSpec) trains; the only place a spec becomes stages."""
+    return get_method(method.name).plan(method, schedule, teacher_pool)
 
 
 def _import_builtin_methods() -> None:
@@ -127,10 +181,6 @@ def check_method(name: str, params: dict[str, Any], teacher: str | None, pool: l
 
     Runs before any work starts, so a bad value fails in a second instead of on a worker.
     """
-    if name == "mtpd":  # a sequence of stages over the other methods, not a loss of its own
-        from raykd.distill.mtpd import check_mtpd
-
-        return check_mtpd(params, pool)
     try:
         cls = get_method(name)
     except KeyError as err:

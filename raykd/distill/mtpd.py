@@ -20,16 +20,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, field_validator
 
-from raykd.distill.base import MethodParams
+from raykd.distill.base import (
+    Composite,
+    MethodParams,
+    Stage,
+    check_method,
+    get_method,
+    method_names,
+    register_method,
+)
 
 NAME = "mtpd"
 INIT_KEY = "init_student"  # a base method's switch for starting the student from its teacher
 
 
 class MTPDParams(MethodParams):
-    order: Annotated[list[str], Field(min_length=1)]
+    order: list[str]
     base: str = "mgd"  # the released code's stage method
     base_params: dict[str, Any] = {}  # the base method's own defaults
     # split: the run's schedule divided evenly across stages; full: every stage trains the whole
@@ -37,44 +45,61 @@ class MTPDParams(MethodParams):
     stage_schedule: Literal["split", "full"] = "split"
     stage_epochs: list[Annotated[int, Field(gt=0)]] | None = None
 
-
-def check_mtpd(params: dict[str, Any], pool: list[str]) -> tuple[str, str] | None:
-    from raykd.distill.base import check_method
-
-    try:
-        p = MTPDParams(**params)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(x) for x in first["loc"]) or "params"
-        if first["type"] == "too_short":
-            return f"params.{key}", "the teacher order is empty (expected at least one teacher)"
-        msg = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        return f"params.{key}", f"{msg} (method 'mtpd')"
-    for name in p.order:
-        if name not in pool:
-            return "params.order", f"unknown teacher {name!r} in order (expected names from {', '.join(pool)})"
-    if len(set(p.order)) != len(p.order):
-        return "params.order", f"teacher repeated in order {p.order}"
-    if p.base == NAME:
-        return "params.base", "mtpd cannot be its own base method"
-    if p.base not in _base_names():
-        return "params.base", f"unknown base method {p.base!r} (expected one of {', '.join(_base_names())})"
-    if p.stage_epochs is not None and len(p.stage_epochs) != len(p.order):
-        return "params.stage_epochs", f"expected {len(p.order)} entries, one per stage (got {len(p.stage_epochs)})"
-    if p.stage_epochs is not None and "stage_schedule" in p.model_fields_set:
-        return "params.stage_schedule", "give stage_schedule or stage_epochs, not both"
-    problem = check_method(p.base, p.base_params, None, pool)
-    if problem:  # the base method's key ("params.lambda") names a key of base_params here
-        key, message = problem
-        inner = key.removeprefix("params").lstrip(".")
-        return ("params.base_params." + inner).rstrip("."), message
-    return None
+    @field_validator("order")
+    @classmethod
+    def _not_empty(cls, order: list[str]) -> list[str]:
+        if not order:
+            raise ValueError("the teacher order is empty (expected at least one teacher)")
+        return order
 
 
-def _base_names() -> list[str]:
-    from raykd.distill.base import method_names
+@register_method
+class MTPD(Composite):
+    """Stages over a base method, one per teacher of ``order``; the student carries over."""
 
-    return [m for m in method_names() if m != NAME]
+    name = NAME
+    Params = MTPDParams
+    draws_from_pool = True  # an order may name any pool member
+
+    @classmethod
+    def check(cls, p: MTPDParams, pool: list[str]) -> tuple[str, str] | None:
+        for name in p.order:
+            if name not in pool:
+                return "params.order", f"unknown teacher {name!r} in order (expected names from {', '.join(pool)})"
+        if len(set(p.order)) != len(p.order):
+            return "params.order", f"teacher repeated in order {p.order}"
+        if p.base == cls.name:
+            return "params.base", "mtpd cannot be its own base method"
+        bases = [m for m in method_names() if not issubclass(get_method(m), Composite)]
+        if p.base not in bases:
+            return "params.base", f"unknown base method {p.base!r} (expected one of {', '.join(bases)})"
+        if p.stage_epochs is not None and len(p.stage_epochs) != len(p.order):
+            return "params.stage_epochs", f"expected {len(p.order)} entries, one per stage (got {len(p.stage_epochs)})"
+        if p.stage_epochs is not None and "stage_schedule" in p.model_fields_set:
+            return "params.stage_schedule", "give stage_schedule or stage_epochs, not both"
+        problem = check_method(p.base, p.base_params, None, pool)
+        if problem:  # the base method's key ("params.lambda") names a key of base_params here
+            key, message = problem
+            inner = key.removeprefix("params").lstrip(".")
+            return ("params.base_params." + inner).rstrip("."), message
+        return None
+
+    @classmethod
+    def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:
+        from raykd.config.run import MethodSpec
+
+        p = MTPDParams(**method.params)
+        return [
+            Stage(MethodSpec(name=p.base, params=stage_base_params(p, i), teacher=t), s)
+            for i, (t, s) in enumerate(zip(p.order, stage_schedules(p, schedule), strict=True))
+        ]
+
+    @classmethod
+    def run_length(cls, params: dict[str, Any], schedule) -> int:
+        stages = stage_schedules(MTPDParams(**params), schedule)
+        if schedule.epochs is None and any(s.epochs is not None for s in stages):
+            return schedule.iters + 1  # stage_epochs under an iteration schedule: not comparable, longer
+        return sum(s.epochs if schedule.epochs is not None else s.iters for s in stages)
 
 
 def stage_schedules(p: MTPDParams, schedule) -> list:
@@ -96,19 +121,6 @@ def stage_base_params(p: MTPDParams, stage_idx: int) -> dict[str, Any]:
     """The base method's params for one stage. Only stage 1 may start the student from its teacher:
     later stages continue from the previous student (the released README passes
     ``distiller.init_student=False`` to stage 2)."""
-    from raykd.distill.base import get_method
-
     if stage_idx == 0 or INIT_KEY not in get_method(p.base).Params.model_fields:
         return dict(p.base_params)
     return {**p.base_params, INIT_KEY: False}
-
-
-def mtpd_stages(method, schedule, pool: list[str]) -> list:
-    from raykd.config.run import MethodSpec
-    from raykd.train.stages import Stage
-
-    p = MTPDParams(**method.params)
-    return [
-        Stage(MethodSpec(name=p.base, params=stage_base_params(p, i), teacher=t), s)
-        for i, (t, s) in enumerate(zip(p.order, stage_schedules(p, schedule), strict=True))
-    ]

@@ -83,13 +83,8 @@ def default_method(method: MethodSpec) -> MethodSpec:
 
 def required_params(name: str) -> set[str]:
     from raykd.distill.base import get_method
-    from raykd.distill.mtpd import NAME as MTPD
-    from raykd.distill.mtpd import MTPDParams
 
-    if name == "none":
-        return set()
-    model = MTPDParams if name == MTPD else get_method(name).Params
-    return {k for k, f in model.model_fields.items() if f.is_required()}
+    return {k for k, f in get_method(name).Params.model_fields.items() if f.is_required()}
 
 
 def describe_method(method: MethodSpec) -> str:

@@ -10,13 +10,13 @@ def check_pairings(exp: Experiment, pairs: list[tuple[str, dict, str | None]], s
     """Build the student and each teacher once (random weights, CPU) and construct every
     (method, params, teacher) distiller; a mismatch that no adapter bridges (FPN level counts,
     head types, class counts) is a one-line error now instead of a failed trial later."""
-    from raykd.distill.base import get_method
+    from raykd.distill.base import get_distiller
     from raykd.models.builder import build_detector, freeze
 
     student = build_detector(exp.student.config, exp.student.overrides, exp.source, "student")
     built: dict = {}
     for method, params, teacher in pairs:
-        cls = get_method(method)
+        cls = get_distiller(method)
         if not cls.uses_teacher:
             continue
         name = teacher or exp.first_teacher
@@ -31,10 +31,10 @@ def check_pairings(exp: Experiment, pairs: list[tuple[str, dict, str | None]], s
 
 
 def method_pairs(method: str, params: dict, teacher: str | None, pool: list[str]) -> list[tuple[str, dict, str | None]]:
-    """The (base method, params, teacher) pairs a run will construct (MTPD: one per stage)."""
-    if method == "mtpd":
-        from raykd.distill.mtpd import MTPDParams
+    """The (loss method, params, teacher) pairs a run will construct: one per stage of its plan."""
+    from raykd.config.experiment import Schedule
+    from raykd.config.run import MethodSpec
+    from raykd.distill.base import plan
 
-        p = MTPDParams(**params)
-        return [(p.base, p.base_params, t) for t in p.order]
-    return [(method, params, teacher)]
+    stages = plan(MethodSpec(name=method, params=params, teacher=teacher), Schedule(epochs=1), pool)
+    return [(s.method.name, s.method.params, s.method.teacher) for s in stages]
