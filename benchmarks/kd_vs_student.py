@@ -15,9 +15,9 @@ import shutil
 import statistics
 
 from benchmarks.common import DEMO, OUT, VARIANTS, save
-from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Schedule
-from raykd.config.run import validate_method
+from raykd.load import load_experiment, validate_method
 from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
 
 

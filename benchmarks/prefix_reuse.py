@@ -15,8 +15,9 @@ import shutil
 import time
 
 from benchmarks.common import DEMO, OUT, save
-from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Schedule
+from raykd.load import load_experiment
 from raykd.train.launch import build_trainer, ensure_ray, ensure_teachers
 
 

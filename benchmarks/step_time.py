@@ -14,9 +14,9 @@ import time
 import torch
 
 from benchmarks.common import DEMO, VARIANTS, save
-from raykd.config import load_experiment
 from raykd.data.loaders import build_dataset, build_loader, class_names, resolve_data
 from raykd.distill.base import get_method
+from raykd.load import load_experiment
 from raykd.models.builder import build_detector, freeze, load_weights
 from raykd.train.launch import ensure_teachers
 from raykd.train.model import DistillModel

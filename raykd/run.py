@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from raykd.cli_common import parse_schedule, parse_sets, with_workers
-from raykd.config import MethodSpec, RunSpec, load_experiment
-from raykd.config.run import validate_method
+from raykd.config import MethodSpec, RunSpec
 from raykd.errors import exits_cleanly
 from raykd.eval.coco import METRIC_NAMES
 from raykd.files import write_json_atomic
+from raykd.load import load_experiment, validate_method
 from raykd.report import metrics_table, stage_rows
 from raykd.train.checks import check_pairings, method_pairs
 from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics

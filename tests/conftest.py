@@ -39,7 +39,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_exp():
-    from raykd.config import load_experiment
+    from raykd.load import load_experiment
 
     return load_experiment(TINY)
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import TINY
 
-from raykd.config import load_experiment
 from raykd.errors import ConfigError
+from raykd.load import load_experiment
 
 
 def write_variant(tmp_path: Path, mutate) -> Path:

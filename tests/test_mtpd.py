@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import TINY
 
-from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
 from raykd.distill.base import check_method
+from raykd.load import load_experiment
 from raykd.train import loop
 from raykd.train.launch import build_trainer, ensure_teachers, run_training
 from raykd.train.layout import STUDENT_FILE

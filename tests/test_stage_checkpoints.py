@@ -3,9 +3,10 @@
 import pytest
 from conftest import TESTS
 
-from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
 from raykd.config.run import DataSubset
+from raykd.load import load_experiment
 from raykd.train.stage_checkpoints import prefix_key, stage_name
 from raykd.train.stages import plan_stages
 

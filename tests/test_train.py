@@ -7,10 +7,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from raykd.config import MethodSpec, RunSpec, load_experiment
+from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
 from raykd.distill import get_method
 from raykd.eval.coco import METRIC_NAMES
+from raykd.load import load_experiment
 from raykd.models.builder import load_weights
 from raykd.train.launch import ensure_teachers, run_training
 from raykd.train.layout import STATE_FILE, STUDENT_FILE

@@ -21,7 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-from raykd.config.yamlio import load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a file in the working directory
@@ -218,7 +217,7 @@ def spec_hash(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the file are relative to the file, not to the caller's cwd."""
 
     def fix(value: Any) -> Any:
@@ -266,47 +265,10 @@ def _fix_pretrained(node: Any, fix) -> Any:
 
 
 def parse_experiment(data: dict[str, Any], source: str) -> Experiment:
+    """The schema alone (no file is opened): ``raykd.load.load_experiment`` is what callers use."""
     try:
-        exp = Experiment(**{**data, "source": source})
+        return Experiment(**{**data, "source": source})
     except ValidationError as err:
         raise from_validation_error(source, err) from None
     except TypeError as err:
         raise ConfigError(source, "", str(err)) from None
-    _check_files(exp)
-    return exp
-
-
-def _check_files(exp: Experiment) -> None:
-    """Missing files and unknown mmdet configs are caught here, before any work starts."""
-    from raykd.models.builder import check_config_exists
-
-    check_config_exists(exp.student.config, exp.source, "student.config")
-    for name, t in exp.teachers.items():
-        check_config_exists(t.config, exp.source, f"teachers.{name}.config")
-    _check_present(exp)
-    if isinstance(exp.dataset, CocoData):
-        from raykd.data.pipelines import experiment_pipelines
-
-        experiment_pipelines(exp)  # an unknown transform fails here, not in the first worker
-    from raykd.train.teachers import check_classes_and_checkpoints
-
-    check_classes_and_checkpoints(exp)
-
-
-def _check_present(exp: Experiment) -> None:
-    """Every missing input file at once, in one line: supplying COCO and a checkpoint is one step,
-    not one failed start per file."""
-    wanted = {f"teachers.{name}.checkpoint": t.checkpoint for name, t in exp.teachers.items() if t.checkpoint}
-    if isinstance(exp.dataset, CocoData):
-        wanted.update({f"dataset.{key}": getattr(exp.dataset, key) for key in COCO_PATH_KEYS})
-    missing = [(key, path) for key, path in wanted.items() if not Path(path).expanduser().exists()]
-    if missing:
-        (key, path), rest = missing[0], missing[1:]
-        also = "; also missing: " + ", ".join(f"{k} ({p})" for k, p in rest) if rest else ""
-        raise ConfigError(exp.source, key, f"file not found: {path}{also}")
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
-    data = load_yaml_mapping(path)
-    return parse_experiment(_resolve_paths(data, path.resolve().parent), str(path))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, PositiveInt, ValidationError
 
 from raykd.config.experiment import Experiment, Resources, Schedule, Strict
-from raykd.errors import ConfigError, from_validation_error
+from raykd.errors import from_validation_error
 
 
 class MethodSpec(Strict):
@@ -51,13 +51,3 @@ class RunSpec(Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
-    """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""
-    from raykd.distill.base import check_method
-
-    problem = check_method(method.name, method.params, method.teacher, exp.teacher_names)
-    if problem:
-        key, msg = problem
-        raise ConfigError(source, f"{prefix}.{key}" if key != "method" else prefix, msg)

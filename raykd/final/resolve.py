@@ -24,17 +24,11 @@ import yaml
 from pydantic import ValidationError
 
 from raykd.cli_common import parse_schedule, with_workers
-from raykd.config.experiment import (
-    DEFAULT_TRACKING_URI,
-    Experiment,
-    Schedule,
-    _resolve_paths,
-    parse_experiment,
-)
-from raykd.config.run import RunSpec, validate_method
+from raykd.config.experiment import DEFAULT_TRACKING_URI, Experiment, Schedule
+from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
-from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
+from raykd.load import load_experiment, validate_method
 from raykd.search.layout import BEST_FILE, STATE_FILE, TRIALS_FILE
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
 from raykd.train.layout import STUDENT_FILE
@@ -239,8 +233,7 @@ def trial_experiment(promo: Promotion) -> Experiment:
         path = promo.base / path
     if not path.is_file():
         raise ConfigError(promo.source, "experiment", f"file not found: {path}")
-    data = deep_merge(load_yaml_mapping(path), promo.trial.overrides)
-    return parse_experiment(_resolve_paths(data, path.resolve().parent), str(path))
+    return load_experiment(path, promo.trial.overrides)
 
 
 def final_schedule(value: str, exp: Experiment, trial: TrialConfig) -> Schedule:

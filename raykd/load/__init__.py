@@ -1,0 +1,61 @@
+"""Loading an experiment: its YAML, the overrides a caller merges in (a search space's, a trial's),
+the schema (``raykd.config``), then every file, mmdet config, pipeline, class map and teacher
+checkpoint it names, checked before any work starts. The one way experiments are loaded; it sits
+above ``config`` (pure schemas), ``models``, ``data`` and ``train``, which it uses to check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from raykd.config.experiment import COCO_PATH_KEYS, CocoData, Experiment, parse_experiment, resolve_paths
+from raykd.config.run import MethodSpec
+from raykd.config.yamlio import deep_merge, load_yaml_mapping
+from raykd.data.pipelines import experiment_pipelines
+from raykd.distill.base import check_method
+from raykd.errors import ConfigError
+from raykd.models.builder import check_config_exists
+from raykd.train.teachers import check_classes_and_checkpoints
+
+__all__ = ["check_experiment", "load_experiment", "validate_method"]
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """``path`` with ``overrides`` deep-merged in; relative paths are relative to the file."""
+    path = Path(path)
+    data = deep_merge(load_yaml_mapping(path), overrides or {})
+    exp = parse_experiment(resolve_paths(data, path.resolve().parent), str(path))
+    check_experiment(exp)
+    return exp
+
+
+def check_experiment(exp: Experiment) -> None:
+    """Missing files and unknown mmdet configs are caught here, before any work starts."""
+    check_config_exists(exp.student.config, exp.source, "student.config")
+    for name, t in exp.teachers.items():
+        check_config_exists(t.config, exp.source, f"teachers.{name}.config")
+    _check_present(exp)
+    if isinstance(exp.dataset, CocoData):
+        experiment_pipelines(exp)  # an unknown transform fails here, not in the first worker
+    check_classes_and_checkpoints(exp)
+
+
+def _check_present(exp: Experiment) -> None:
+    """Every missing input file at once, in one line: supplying COCO and a checkpoint is one step,
+    not one failed start per file."""
+    wanted = {f"teachers.{name}.checkpoint": t.checkpoint for name, t in exp.teachers.items() if t.checkpoint}
+    if isinstance(exp.dataset, CocoData):
+        wanted.update({f"dataset.{key}": getattr(exp.dataset, key) for key in COCO_PATH_KEYS})
+    missing = [(key, path) for key, path in wanted.items() if not Path(path).expanduser().exists()]
+    if missing:
+        (key, path), rest = missing[0], missing[1:]
+        also = "; also missing: " + ", ".join(f"{k} ({p})" for k, p in rest) if rest else ""
+        raise ConfigError(exp.source, key, f"file not found: {path}{also}")
+
+
+def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
+    """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""
+    problem = check_method(method.name, method.params, method.teacher, exp.teacher_names)
+    if problem:
+        key, msg = problem
+        raise ConfigError(source, f"{prefix}.{key}" if key != "method" else prefix, msg)
