@@ -116,7 +116,7 @@ def test_joint_choice_only_offers_valid_pairs(tmp_path, values):
         assert m.params["hidden_dim"] % m.params["num_heads"] == 0
 
 
-@pytest.mark.parametrize("name", ["icd", "frs", "crosskd", "mtpd_order", "demo", "policy", "policy_coco"])
+@pytest.mark.parametrize("name", ["icd", "frs", "crosskd", "mtpd_order", "demo", "policy", "policy_coco", "pareto"])
 def test_shipped_spaces_parse(name):
     from raykd.config.yamlio import load_yaml_mapping
     from raykd.distill.base import check_method

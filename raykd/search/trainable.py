@@ -10,7 +10,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd.config.run import RunSpec
-from raykd.spaces.sampling import trial_method
+from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.train.launch import build_trainer, run_outcome
 
@@ -21,7 +21,7 @@ class TrialDiverged(RuntimeError):
 
 def trial_spec(space: SearchSpace, config: dict[str, Any], faults: dict[str, Any] | None = None) -> RunSpec:
     return RunSpec(
-        experiment=space.exp,
+        experiment=space.trial_experiment(trial_student(space, config)),
         method=trial_method(space, config),
         schedule=space.schedule,
         seed=space.exp.seed,

@@ -1,7 +1,8 @@
 """A define-by-run Optuna space: conditional parameters, joint constraints, teacher orders.
 
 Flat names are ``<method>/<param>`` so each method's parameters exist only on its trials;
-``trial_method`` turns a trial's flat values back into a MethodSpec on the worker.
+``trial_method`` turns a trial's flat values back into a MethodSpec on the worker. A searched
+student is one categorical ``student`` over the space's variant names (``trial_student``).
 
 Orders (MTPD): for k-permutations of a pool with at most MAX_CATEGORICAL_ORDERS members, one
 categorical over strings like ``"t1>t2"``: TPE then models every order separately, which is what
@@ -17,11 +18,13 @@ import math
 from typing import Any
 
 from raykd.config.run import MethodSpec
+from raykd.distill.base import get_method
 from raykd.spaces.schema import Choice, IntRange, LogUniform, Order, SearchSpace, Uniform
 
 MAX_CATEGORICAL_ORDERS = 720
 ORDER_SEP = ">"
 PAIR_SEP = "+"
+STUDENT_PARAM = "student"  # the searched student variant's name in a trial's config
 
 
 def _joint_pairs(divisor: Choice, dividend: Choice) -> list[str]:
@@ -49,9 +52,11 @@ class define_by_run:  # noqa: N801  (used like a function; a class so Tune can p
 
     def __call__(self, trial) -> None:
         space = self.space
+        if space.student is not None:
+            trial.suggest_categorical(STUDENT_PARAM, list(space.student.values))
         methods = space.methods
         method = methods[0] if isinstance(space.method, str) else trial.suggest_categorical("method", methods)
-        if isinstance(space.teacher, Choice) and method not in ("none", "mtpd"):
+        if isinstance(space.teacher, Choice) and get_method(method).uses_teacher:
             trial.suggest_categorical("teacher", list(space.teacher.values))
         params = space.params.get(method, {})
         partners = {d.divides for d in params.values() if isinstance(d, Choice) and d.divides}
@@ -126,6 +131,11 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def trial_student(space: SearchSpace, config: dict[str, Any]) -> str | None:
+    """The student variant a trial's config names (None: the space searches no student)."""
+    return None if space.student is None else str(config[STUDENT_PARAM])
+
+
 def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
     """The MethodSpec a trial's parameter values (flat Optuna names or Tune's nested config) stand for."""
     flat = _flatten(config)
@@ -145,4 +155,4 @@ def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
         elif pname in flat:
             _set_nested(values, name, _plain(flat[pname]))
     teacher = space.teacher if isinstance(space.teacher, str) else flat.get("teacher")
-    return MethodSpec(name=method, params=values, teacher=teacher if method not in ("none", "mtpd") else None)
+    return MethodSpec(name=method, params=values, teacher=teacher if get_method(method).uses_teacher else None)

@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from raykd.config.experiment import Experiment, Resources, Schedule, Strict, parse_experiment
+from raykd.config.experiment import Experiment, Resources, Schedule, Strict
 from raykd.config.run import DataSubset
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.errors import ConfigError, from_validation_error
+from raykd.load import load_experiment
 
 
 class Uniform(Strict):
@@ -66,6 +67,20 @@ class Order(Strict):
 Param = Annotated[LogUniform | Uniform | IntRange | Choice | Order, Field(discriminator="type")]
 
 
+class StudentVariants(Strict):
+    """Named student architectures searched as one categorical (``student`` in a trial's config):
+    each value holds mmdet overrides deep-merged into the experiment's student overrides, so one
+    variant changes the backbone, neck and head together and keeps their channels consistent."""
+
+    type: Literal["choice"]
+    values: Annotated[dict[str, dict[str, Any]], Field(min_length=1)]
+
+
+class Objective(Strict):
+    metric: str
+    mode: Literal["max", "min"]
+
+
 class SearchSettings(Strict):
     # Which search algorithm proposes the trials (raykd/search/algorithms/<name>.py); `sampler` and
     # `n_startup_trials` are the optuna algorithm's.
@@ -103,15 +118,19 @@ class SearchSpace(Strict):
     params: dict[str, dict[str, Param]] = {}  # method -> flattened parameter name -> distribution
     fixed: dict[str, dict[str, Any]] = {}  # method -> fixed parameter values
     teacher: str | Choice | None = None  # single-teacher methods: fixed or searched
+    student: StudentVariants | None = None  # default: the experiment's student in every trial
     search: SearchSettings = SearchSettings()
     scheduler: Scheduler = Scheduler()
     metric: str = "bbox_mAP"
     mode: Literal["max", "min"] = "max"
+    # Several objectives replace metric/mode, which then name the first (ASHA's and best.yaml's).
+    objectives: list[Objective] | None = None
     resources: Resources | None = None  # default: the experiment's
     fidelity: Fidelity | None = None  # default: the experiment's `search` schedule, all the data
     tracking_uri: str | None = None  # default: the experiment's
     source: str = ""
     loaded_experiment: Experiment | None = None
+    variant_experiments: dict[str, Experiment] = {}  # student variant -> the experiment its trials run
 
     @property
     def methods(self) -> list[str]:
@@ -139,6 +158,24 @@ class SearchSpace(Strict):
     @property
     def run_resources(self) -> Resources:
         return self.resources or self.exp.resources
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """What the search optimises: the objectives, or the one metric."""
+        return list(self.objectives) if self.objectives else [Objective(metric=self.metric, mode=self.mode)]
+
+    def trial_overrides(self, variant: str | None) -> dict[str, Any]:
+        """The experiment overrides a trial ran with (what ``raykd.final`` merges back in)."""
+        if variant is None:
+            return self.overrides
+        return deep_merge(self.overrides, {"student": {"overrides": self.student.values[variant]}})
+
+    def trial_experiment(self, variant: str | None) -> Experiment:
+        return self.exp if variant is None else self.variant_experiments[variant]
 
 
 def _check_params(space: SearchSpace) -> None:
@@ -187,7 +224,7 @@ def _check_samples(space: SearchSpace) -> None:
     and parameter names unknown to a method fail here rather than in trial 5."""
     import optuna
 
-    from raykd.config.run import validate_method
+    from raykd.load import validate_method
     from raykd.spaces.sampling import define_by_run, trial_method
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -209,21 +246,27 @@ def _check_samples(space: SearchSpace) -> None:
         for base, params, teacher in method_pairs(method.name, method.params, method.teacher, space.exp.teacher_names):
             pairs.setdefault((base, teacher), (base, params, teacher))
         study.tell(trial, 0.0)
-    check_pairings(space.exp, list(pairs.values()), space.source, "method")
+    # Every variant is what a trial trains: each must fit every method and teacher it may meet.
+    for variant, exp in (space.variant_experiments or {None: space.exp}).items():
+        check_pairings(exp, list(pairs.values()), space.source, "method" if variant is None else f"student.values.{variant}")
 
 
 def _check_asha_length(space: SearchSpace, method) -> None:
-    """ASHA stops every trial at the fidelity schedule's epochs; an MTPD trial whose stages each run
-    a full schedule (or their own epochs) is longer, and would be cut after its first stage."""
-    longer = method.params.get("stage_schedule") == "full" or method.params.get("stage_epochs")
-    if method.name == "mtpd" and longer and space.scheduler.type == "asha":
+    """ASHA stops every trial at the fidelity schedule's epochs; a staged trial that reports more
+    epochs (MTPD stages that each run a full schedule, or their own epochs) would be cut short."""
+    if space.scheduler.type != "asha":
+        return
+    from raykd.distill.base import get_method
+
+    schedule = space.schedule
+    length = schedule.epochs if schedule.epochs is not None else schedule.iters
+    if get_method(method.name).run_length(method.params, schedule) > length:
         raise ConfigError(space.source, "scheduler.type", "ASHA stops trials at the fidelity schedule's length, but "
-                          "MTPD trials with stage_schedule full or stage_epochs run longer: use stage_schedule split, or scheduler none")
+                          f"{method.name} trials like this one run longer: use scheduler none"
+                          + (", or stage_schedule split with at most one stage per epoch" if method.name == "mtpd" else ""))
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    from raykd.config.experiment import _resolve_paths
-
     path = Path(path)
     src = str(path)
     data = load_yaml_mapping(path)
@@ -234,11 +277,93 @@ def load_space(path: str | Path) -> SearchSpace:
     exp_path = space.experiment if space.experiment.is_absolute() else (path.resolve().parent / space.experiment)
     if not exp_path.is_file():
         raise ConfigError(src, "experiment", f"file not found: {exp_path}")
-    exp_data = deep_merge(load_yaml_mapping(exp_path), space.overrides)
-    exp = parse_experiment(_resolve_paths(exp_data, exp_path.resolve().parent), str(exp_path))
+    exp = load_experiment(exp_path, space.overrides)
     space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
+    space = _with_objectives(space)
+    space = space.model_copy(update={"variant_experiments": _variant_experiments(space)})
     _check_params(space)
     return _with_algorithm_sample_count(space)
+
+
+ASHA_WITH_OBJECTIVES = ("ASHA stops trials on one metric; with several objectives it would stop the trials behind on the "
+                        "first (e.g. the small students on bbox_mAP) and leave the cheap end of the Pareto front empty: "
+                        "use scheduler none (the default when objectives are given)")
+
+
+def _with_objectives(space: SearchSpace) -> SearchSpace:
+    """Several objectives, checked; metric/mode then name the first (what best.yaml ranks by), and
+    the scheduler defaults to none (see ASHA_WITH_OBJECTIVES)."""
+    if space.objectives is None:
+        return space
+    _check_objectives(space)
+    if space.student is None:  # variants are each run once when they are parsed
+        _check_student_runs(space.exp, space.exp.source, "student")
+    first = space.objectives[0]
+    update: dict[str, Any] = {"metric": first.metric, "mode": first.mode}
+    if "scheduler" not in space.model_fields_set:
+        update["scheduler"] = Scheduler(type="none")
+    elif space.scheduler.type == "asha":
+        raise ConfigError(space.source, "scheduler.type", ASHA_WITH_OBJECTIVES)
+    return space.model_copy(update=update)
+
+
+def _check_objectives(space: SearchSpace) -> None:
+    from raykd.eval.coco import METRIC_NAMES
+    from raykd.models.cost import STUDENT_METRICS
+
+    src, objectives = space.source, space.objectives
+    if len(objectives) < 2:
+        raise ConfigError(src, "objectives", f"give two or more (one objective is metric and mode; got {len(objectives)})")
+    both = sorted({"metric", "mode"} & space.model_fields_set)
+    if both:
+        raise ConfigError(src, both[0], "objectives replace metric and mode: give one or the other")
+    known = (*METRIC_NAMES, *STUDENT_METRICS, "loss")
+    first_seen: dict[str, int] = {}
+    for i, objective in enumerate(objectives):
+        key = f"objectives.{i}.metric"
+        if objective.metric not in known:
+            raise ConfigError(src, key, f"unknown metric {objective.metric!r} (expected one of {', '.join(known)})")
+        if objective.metric in first_seen:
+            raise ConfigError(src, key, f"{objective.metric!r} is objective {first_seen[objective.metric]} already")
+        first_seen[objective.metric] = i
+
+
+def _variant_experiments(space: SearchSpace) -> dict[str, Experiment]:
+    """Each student variant's experiment, loaded as ``raykd.final`` loads a trial's (the file with the
+    space's and the variant's overrides merged in), and its student built and run once: a variant
+    whose parts disagree (a neck expecting channels its backbone does not give) fails now."""
+    if space.student is None:
+        return {}
+    experiments = {}
+    for name in space.student.values:
+        key = f"student.values.{name}"
+        try:
+            exp = load_experiment(space.experiment, space.trial_overrides(name))
+        except ConfigError as err:  # named as the variant's key: the rest of the file parsed before
+            inner = err.key.removeprefix("student.overrides")
+            raise ConfigError(space.source, key + (inner if inner != err.key else ""), err.message) from None
+        _check_student_runs(exp, space.source, key)
+        experiments[name] = exp
+    return experiments
+
+
+def _check_student_runs(exp: Experiment, source: str, key: str) -> None:
+    """One forward at the size the cost metrics use: a smaller image could fail where training does
+    not (GroupNorm over a 1×1 top FPN level)."""
+    import torch
+
+    from raykd.models.builder import build_detector
+    from raykd.models.cost import TensorForward, probe_input, probe_shape
+
+    model = build_detector(exp.student.config, exp.student.overrides, source, key).eval()
+    shape = probe_shape(exp)
+    try:
+        with torch.no_grad():
+            TensorForward(model, shape)(probe_input(model, shape))
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(source, key, f"the student does not run on one {shape[0]}×{shape[1]} image (where its "
+                                       f"cost objectives are measured): {detail}") from None
 
 
 def _with_algorithm_sample_count(space: SearchSpace) -> SearchSpace:

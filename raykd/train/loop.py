@@ -30,6 +30,7 @@ from raykd.data.pipelines import data_workers
 from raykd.distill.base import StageStart, get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
+from raykd.models.cost import run_cost
 from raykd.train.layout import STATE_FILE, STUDENT_FILE
 from raykd.train.lr_schedule import lr_factor
 from raykd.train.model import DistillModel
@@ -125,6 +126,9 @@ class Worker:
         if spec.init_checkpoint:
             load_weights(self.student, spec.init_checkpoint, src, "init_checkpoint")
         self.student.to(self.device)
+        # What the student costs to run (params, GFLOPs, latency: objectives a search may use), once per
+        # run, in every report: rank 0's reports are the run's. It draws no random numbers.
+        self.student_cost = run_cost(self.student, self.exp) if self.rank == 0 else {}
         self.stages = plan_stages(spec)
         self.stage_uris = [f"{stages_dir}/{stage_name(i, s.method.teacher)}" if stages_dir else None
                            for i, s in enumerate(self.stages)]
@@ -314,7 +318,7 @@ class Worker:
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             metrics = self.evaluate()
-            metrics.update({k: v / max(n, 1) for k, v in sums.items()})
+            metrics.update({k: v / max(n, 1) for k, v in sums.items()}, **self.student_cost)
             metrics.update(
                 epoch=global_epoch,
                 stage=stage_idx + 1,

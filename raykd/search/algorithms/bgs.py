@@ -37,6 +37,12 @@ WORST = -math.inf  # scores are kept sign-adjusted, so larger is always better
 
 def order_param(space: SearchSpace) -> tuple[str, Order]:
     """The space's only searched parameter, an MTPD order starting at one teacher; refuses anything else."""
+    if space.multi_objective:
+        raise ConfigError(space.source, "objectives", "bgs keeps the order with the best single score: with several "
+                          "objectives use algorithm optuna or exhaustive")
+    if space.student is not None:
+        raise ConfigError(space.source, "student", "bgs searches an MTPD teacher order only: fix the student "
+                          "(experiment or overrides), or use algorithm optuna or exhaustive")
     params = space.params.get("mtpd", {})
     if space.method != "mtpd" or list(space.params) != ["mtpd"] or len(params) != 1 \
             or not isinstance(next(iter(params.values())), Order):

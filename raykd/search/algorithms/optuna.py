@@ -1,5 +1,6 @@
 """Optuna (``algorithm: optuna``, the default): Ray Tune's OptunaSearch with the space's ``sampler``,
-told the truth about trials ASHA stopped early. The study is kept in ``optuna.db``."""
+told the truth about trials ASHA stopped early. The study is kept in ``optuna.db``. With several
+``objectives`` the study is multi-objective (NSGA-II, TPE, random or grid; CMA-ES is single-objective)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from raykd.errors import ConfigError
 from raykd.search.algorithms.exhaustive import space_grid
 from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSettings, SearchSpace
@@ -49,6 +51,9 @@ def study_name(results_dir: Path) -> str:
 
 
 def fixed_num_samples(space: SearchSpace) -> tuple[int, str] | None:
+    if space.multi_objective and space.search.sampler == "cmaes":
+        raise ConfigError(space.source, "search.sampler", "cmaes optimises one objective: with several objectives "
+                          "use nsga2, tpe, random or grid")
     if space.search.sampler != "grid":
         return None
     n = len(space_grid(space, "use sampler random/tpe"))
@@ -60,8 +65,9 @@ def build(space: SearchSpace, results_dir: Path, epochs: int) -> EarlyStopAwareO
     return EarlyStopAwareOptunaSearch(
         space=define_by_run(space),
         points_to_evaluate=space_grid(space, "use sampler random/tpe") if s.sampler == "grid" else None,
-        metric=space.metric,
-        mode=space.mode,
+        # Several objectives: Ray's OptunaSearch takes lists and makes a multi-objective study.
+        metric=[o.metric for o in space.objective_list] if space.multi_objective else space.metric,
+        mode=[o.mode for o in space.objective_list] if space.multi_objective else space.mode,
         sampler=make_sampler(s),
         study_name=study_name(results_dir),
         storage=optuna.storages.RDBStorage(f"sqlite:///{results_dir / STUDY_FILE}"),
