@@ -24,6 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: from the space/experiment file)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local one)")
     p.add_argument("--num-samples", type=int, help="override search.num_samples")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's worker logs and warnings and Tune's "
+                                                          "result tables (default: one line per trial event)")
+    p.add_argument("--table-every", type=float, default=60.0, metavar="SECONDS",
+                   help="print the table of trials at most this often (default 60; 0: after every trial event)")
     p.add_argument("--check", action="store_true", help="pre-flight check (models, checkpoints, data, step times, "
                                                         "compute estimate) without Ray; exit 0 or 2")
     return p.parse_args(argv)
@@ -42,6 +46,8 @@ def _load(args: argparse.Namespace):
     if args.space is None:
         raise ConfigError("command line", "space", "give a search-space file, or --resume RESULTS_DIR")
     space = load_space(args.space)
+    if args.table_every < 0:
+        raise ConfigError("--table-every", "", f"must be >= 0 seconds (got {args.table_every:g})")
     if args.num_samples is not None:
         if args.num_samples < 1:
             raise ConfigError("--num-samples", "", f"must be >= 1 (got {args.num_samples})")
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None):
     from raykd.search.runner import run_search
 
     outcome = run_search(space, results_dir, resume=bool(args.resume), address=args.address,
-                         tracking_uri=args.tracking_uri or uri)
+                         tracking_uri=args.tracking_uri or uri, verbose=args.verbose, table_every_s=args.table_every)
     print()
     if outcome.interrupted:
         print(f"search interrupted; nothing is lost. Resume with:\n  python -m raykd.tune --resume {outcome.results_dir}")
@@ -77,13 +83,21 @@ def main(argv: list[str] | None = None):
     return outcome
 
 
+def _overhead_line(timeline: dict) -> str:
+    """Where the trial slots went: the share outside train/eval steps, then a trial's mean phases."""
+    phases = " · ".join(f"{name.replace('_', ' ')} {s:.0f} s" for name, s in timeline["mean_trial_s"].items())
+    return (f"{100 * timeline['overhead_fraction']:.0f}% of trial-slot time outside training/eval steps; "
+            f"per trial (mean): {phases}; idle slots {timeline['idle_slot_s']:.0f} s")
+
+
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
     from raykd.search.fidelity import search_fidelity
-    from raykd.search.runner import overhead
 
+    tl = outcome.timeline
     print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
-          f"({100 * overhead(space, outcome.wall_s, outcome.train_s):.0f}% of trial slots outside training/eval steps)")
+          f"(search phase {tl['search_s'] / 60:.1f} min on {tl['slots']} slots)")
+    print(_overhead_line(tl))
     # Scores at a short schedule rank set-ups; they are not what the full schedule will reach.
     print(f"fidelity: {search_fidelity(space).describe()} (algorithm {space.search.algorithm})")
     for t in outcome.trials:
@@ -99,7 +113,10 @@ def _print_summary(space, outcome, uri: str) -> None:
     print(f"\nresults:       {outcome.results_dir}")
     print(f"best config:   {outcome.results_dir / 'best.yaml'}")
     print(f"MLflow parent: {outcome.parent_run_id}")
+    from raykd.tracking.store import Tracker
+
     print(f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"  then open     {Tracker(uri).runs_url(space.exp.name)}")
     print(f"next:           python -m raykd.final {outcome.results_dir}")
 
 

@@ -35,7 +35,7 @@ from raykd.promote import (
     latest_checkpoint,
     resolve_input,
 )
-from raykd.tracking.store import FAILURE_TAG, KIND_TAG, TRIAL_TAG
+from raykd.tracking.store import FAILURE_TAG, KIND_TAG, NOTE_TAG, TRIAL_TAG
 from raykd.train.layout import STUDENT_FILE
 
 
@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tags["raykd.search_parent_run_id"] = promo.parent_run_id
         if trial.mlflow and trial.mlflow.run_id:
             tags["raykd.search_trial_run_id"] = trial.mlflow.run_id
-        run_id = tracker.start_run(exp.name, run_name, tags)
+        # The description links the search and the trial this run retrains (the UI renders it).
+        tags[NOTE_TAG] = tracker.note_with_links(
+            f"Final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}).",
+            {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
+        run_id = tracker.start_run(exp.name, f"final {trial.trial_id} {spec.method.name}", tags)
         tracker.log_params(run_id, run_params(spec, trial))
     state = {"run_id": run_id, "tracking_uri": uri, "status": "running", "trial_id": trial.trial_id}
     write_json_atomic(out / STATE_FILE, state)

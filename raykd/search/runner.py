@@ -15,7 +15,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ from raykd.errors import ConfigError
 from raykd.files import write_json_atomic
 from raykd.search.algorithms import make_searcher
 from raykd.search.algorithms.optuna import STUDY_FILE, study_name
+from raykd.search.console import TABLE_EVERY_S, TrialEvents, quiet_tune
 from raykd.search.fidelity import search_fidelity
 from raykd.search.layout import BEST_FILE, STATE_FILE, read_state
+from raykd.search.naming import search_run_name, trial_label
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
@@ -51,6 +54,7 @@ class SearchOutcome:
     wall_s: float
     train_s: float
     trials: list[dict[str, Any]]
+    timeline: dict[str, Any] = field(default_factory=dict)  # Timeline.summary of the search phase
 
 
 def full_epochs(space: SearchSpace) -> int:
@@ -142,7 +146,11 @@ def run_search(
     address: str | None = None,
     tracking_uri: str | None = None,
     faults: dict[int, dict] | None = None,
+    verbose: bool = False,
+    table_every_s: float = TABLE_EVERY_S,
 ) -> SearchOutcome:
+    """``verbose``: Ray's worker logs and warnings and Tune's result tables on the terminal, besides
+    raykd's lines per trial event and its table of trials (at most every ``table_every_s``)."""
     t0 = time.perf_counter()
     uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
     tracker = Tracker(uri, space.source)  # fails fast on an unusable URI, before any work
@@ -150,7 +158,7 @@ def run_search(
     exp_name = space.exp.name
     results_dir = results_dir.resolve()
     state_path = results_dir / STATE_FILE
-    ensure_ray(address)
+    ensure_ray(address, quiet=not verbose)
     _check_fits(space)  # before anything is written: a request no node can hold is an error, not a wait
     if resume:
         state = read_state(results_dir)
@@ -158,7 +166,7 @@ def run_search(
         tracker.reopen(parent)
     else:
         results_dir.mkdir(parents=True, exist_ok=False)
-        parent = tracker.start_run(exp_name, f"search-{results_dir.name}", {KIND_TAG: "search", "raykd.results_dir": str(results_dir)})
+        parent = tracker.start_run(exp_name, search_run_name(space), {KIND_TAG: "search", "raykd.results_dir": str(results_dir)})
         tracker.log_params(parent, _parent_params(space))
         tracker.log_file(parent, space.source)
         tracker.log_file(parent, space.experiment)
@@ -170,7 +178,7 @@ def run_search(
     ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
     _sigterm_as_interrupt()
     epochs = full_epochs(space)
-    logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking))
+    logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking), partial(trial_label, space))
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, faults=faults
@@ -182,19 +190,27 @@ def run_search(
         tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        tuner = _new_tuner(space, trainable, results_dir, epochs, logger)
+        events = TrialEvents(partial(trial_label, space), space.metric, space.mode, epochs,
+                             space.scheduler.type == "asha", table_every_s)
+        tuner = _new_tuner(space, trainable, results_dir, epochs, [logger, events], verbose)
     _mark_sigint()
-    grid = tuner.fit()
+    t_search = time.perf_counter()  # the search's own time: teachers trained first are not trial time
+    with quiet_tune(not verbose):
+        grid = tuner.fit()
+    search_s = time.perf_counter() - t_search
     interrupted = _interrupted_by_signal() or _was_interrupted(grid, tune_dir)
     wall = time.perf_counter() - t0
     train_s = sum(_train_seconds(r) for r in grid)
     trials = [_trial_row(space, r) for r in grid]
     logger = _callback_of(tuner, logger)
+    # Slots a search could fill: fewer trials than max_concurrent_trials leave the rest unused by design.
+    slots = max(min(space.search.max_concurrent_trials, len(trials)), 1)
+    timeline = logger.timeline.summary(search_s, slots)
     if interrupted:
         logger.mark_unfinished("KILLED")
         tracker.end_run(parent, "KILLED")
         write_json_atomic(state_path, {**state, "status": "interrupted"})
-        return SearchOutcome(results_dir, parent, None, True, wall, train_s, trials)
+        return SearchOutcome(results_dir, parent, None, True, wall, train_s, trials, timeline)
 
     best = _best(space, grid, epochs, tracking, logger)
     if best is not None:
@@ -202,13 +218,14 @@ def run_search(
         tracker.log_file(parent, results_dir / BEST_FILE)
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
-    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "overhead_fraction": overhead(space, wall, train_s),
+    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "search_s": timeline["search_s"],
+                                 "overhead_fraction": timeline["overhead_fraction"], **_timeline_metrics(timeline),
                                  **_fidelity_metrics(space)}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
     tracker.end_run(parent, "FINISHED")
     write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
-                                   "overhead_fraction": overhead(space, wall, train_s)})
-    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials)
+                                   "overhead_fraction": timeline["overhead_fraction"], "timeline": timeline})
+    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials, timeline)
 
 
 def _check_fits(space: SearchSpace) -> None:
@@ -235,13 +252,13 @@ def _was_interrupted(grid, tune_dir: Path) -> bool:
     return not created_all or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-def overhead(space: SearchSpace, wall_s: float, train_s: float) -> float:
-    """Share of the search's trial slots (wall time × concurrent trials) not spent in training or
-    evaluation steps: Ray/Tune/Train start-up, MLflow, teacher loading, idle slots."""
-    return 1 - train_s / max(wall_s * space.search.max_concurrent_trials, 1e-9)
+def _timeline_metrics(timeline: dict[str, Any]) -> dict[str, float]:
+    """A search's timeline on its parent run: per-trial means of each phase, idle slot time."""
+    return {"timeline.idle_slot_s": timeline["idle_slot_s"],
+            **{f"timeline.mean_{k}_s": v for k, v in timeline["mean_trial_s"].items()}}
 
 
-def _new_tuner(space, trainable, results_dir, epochs, logger):
+def _new_tuner(space, trainable, results_dir, epochs, callbacks: list, verbose: bool):
     s = space.search
     searcher = make_searcher(space, results_dir, epochs)
     if space.scheduler.type == "asha":
@@ -266,9 +283,9 @@ def _new_tuner(space, trainable, results_dir, epochs, logger):
         run_config=tune.RunConfig(
             name="tune",
             storage_path=str(results_dir),
-            callbacks=[logger],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            verbose=1,
+            verbose=1 if verbose else 0,  # 0: no Tune result table per report (TrialEvents prints lines)
         ),
     )
 

@@ -16,6 +16,10 @@ TRIAL_TAG = "raykd.trial_id"
 BEST_TRIAL_TAG = "raykd.best_trial_id"  # on a search's parent run
 FAILURE_TAG = "raykd.failure_reason"
 TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"  # on every trial's run
+NOTE_TAG = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+# MLflow 3's UI opens an experiment without a kind on its GenAI view (traces, token usage);
+# "custom_model_development" is what opens it on its runs.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,12 +91,17 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
 
     def experiment_id(self, name: str) -> str:
+        """The experiment's id, created as a model-training experiment if it does not exist; one
+        created without a kind (an older raykd, by hand) gets it, one given a kind keeps its own."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        root = _artifact_root(self.uri)
-        location = f"{root}/{name}" if root else None
-        return self.client.create_experiment(name, artifact_location=location)
+        if exp is None:
+            root = _artifact_root(self.uri)
+            location = f"{root}/{name}" if root else None
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        return exp.experiment_id
 
     def start_run(self, experiment: str, name: str, tags: dict[str, str], parent: str | None = None) -> str:
         tags = dict(tags)
@@ -142,6 +151,26 @@ class Tracker:
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
+
+    def runs_url(self, experiment: str, port: int = 5000) -> str:
+        """Where ``mlflow ui`` on this store shows the experiment's runs. MLflow 3's UI opens a fresh
+        browser on its GenAI view whatever the experiment's kind; ``workflowType`` picks model training."""
+        return f"http://127.0.0.1:{port}/#/experiments/{self.experiment_id(experiment)}/runs?workflowType=machine_learning"
+
+    def note_with_links(self, text: str, runs: dict[str, str | None]) -> str:
+        """A run description (markdown): ``text``, then a link per named run of this store, which the
+        MLflow UI opens in place (a run id from another store gets no link; its tag still holds it)."""
+        from mlflow.exceptions import MlflowException
+
+        lines = [text, ""]
+        for what, run_id in runs.items():
+            try:
+                run = self.client.get_run(run_id) if run_id else None
+            except MlflowException:
+                run = None
+            if run is not None:
+                lines.append(f"- {what}: [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run_id})")
+        return "\n".join(lines).strip()
 
     def children(self, experiment: str, parent: str) -> list:
         exp_id = self.experiment_id(experiment)

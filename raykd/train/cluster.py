@@ -59,7 +59,16 @@ def check_address(address: str, key: str) -> None:
         raise ConfigError(key, "", f"no Ray cluster answers at {address} (is it running? `ray status --address {address}`)")
 
 
-def init_ray(address: str | None) -> None:
+def _output(quiet: bool) -> dict[str, Any]:
+    """``ray.init`` arguments for what reaches this terminal. Quiet: no worker logs (Ray's Train
+    controllers and workers log every step of their life at INFO) and only Ray's own errors; what a
+    user needs from the workers (reports, a failed trial's reason) reaches the driver through Tune."""
+    import logging
+
+    return {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
+
+
+def init_ray(address: str | None, quiet: bool = False) -> None:
     """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
     Prints one line saying which."""
     import ray
@@ -68,7 +77,7 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address, key)
-        _join_authenticated(address, key)
+        _join_authenticated(address, key, quiet)
         return
     live, dead = choose_local_instance(recorded_local_instances())
     if live:
@@ -76,22 +85,22 @@ def init_ray(address: str | None) -> None:
         # and workers of early-stopped trials are never freed. Joining is the safe default.
         print(f"[raykd] joining the Ray instance already running here ({live}); pass --address to choose another",
               flush=True)
-        ray.init(address=live, log_to_driver=True)
+        ray.init(address=live, **_output(quiet))
         return
     why = f" (the recorded one at {', '.join(dead)} does not answer)" if dead else ""
     print(f"[raykd] starting a new local Ray instance{why}", flush=True)
     # address="local": without it ray.init reads the stale record again and retries it forever.
     # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
     # workers of a trial that Tune stopped early.
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **_output(quiet))
 
 
-def _join_authenticated(address: str, key: str) -> None:
+def _join_authenticated(address: str, key: str, quiet: bool) -> None:
     """Join a cluster; a head that wants Ray 2.60's auth token we lack is one line, not a traceback."""
     import ray
 
     try:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **_output(quiet))
     except RuntimeError as err:
         if not isinstance(err.__cause__, ray.exceptions.AuthenticationError):
             raise

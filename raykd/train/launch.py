@@ -22,10 +22,11 @@ from raykd.train.stage_checkpoints import as_uri, stages_uri
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` (or RAY_ADDRESS) if given, else a live local Ray instance, else start one."""
+def ensure_ray(address: str | None = None, quiet: bool = False) -> None:
+    """Join ``address`` (or RAY_ADDRESS) if given, else a live local Ray instance, else start one.
+    ``quiet``: worker logs and Ray's warnings stay off this terminal."""
     if not ray.is_initialized():
-        init_ray(address)
+        init_ray(address, quiet)
 
 
 def build_trainer(

@@ -31,7 +31,7 @@ from raykd.distill.base import StageStart, get_method
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
-from raykd.train.layout import STATE_FILE, STUDENT_FILE
+from raykd.train.layout import STATE_FILE, STUDENT_FILE, TIMELINE_PREFIX
 from raykd.train.lr_schedule import lr_factor
 from raykd.train.model import DistillModel
 from raykd.train.stage_checkpoints import (
@@ -95,6 +95,8 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 class Worker:
     def __init__(self, spec: RunSpec, stages_dir: str | None = None, stage_cache: str | None = None):
+        # Phase timestamps, sent once with the first report after training started (a search's timeline).
+        self.marks, self.marks_sent = {"worker_up": time.time()}, False
         self.spec = spec
         self.stages_dir = stages_dir  # where a multi-stage run keeps every stage's final student
         self.stage_cache = stage_cache  # stage prefixes shared by the trials of a search
@@ -132,7 +134,9 @@ class Worker:
         self.stages = plan_stages(spec)
         self.stage_uris = [f"{stages_dir}/{stage_name(i, s.method.teacher)}" if stages_dir else None
                            for i, s in enumerate(self.stages)]
+        self.marks["built"] = time.time()
         self.teachers = self._load_teachers()
+        self.marks["teachers_loaded"] = time.time()
 
     def _load_teachers(self) -> dict[str, nn.Module]:
         teachers = {}
@@ -269,6 +273,7 @@ class Worker:
         clipping = bool(grad_clip) or any("clip_grad" in g for opt in optimizers for g in opt.param_groups)
         loss_bound = self.exp.optim.max_loss
         label = f"stage {stage_idx + 1}/{len(self.stages)} {stage.method.name}"
+        self.marks.setdefault("first_step", time.time())
         while it < total:
             self.train_loader.sampler.set_epoch(epoch + 1000 * stage_idx)
             self.student.train()
@@ -386,10 +391,18 @@ class Worker:
             },
             tmp / STATE_FILE,
         )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         # Ray copied it into the run's storage; local mode (workers: 0) keeps no copy of its own.
         if self.spec.resources.workers > 0:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _with_marks(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The first report this process sends after training carries its phase timestamps; the
+        history (and so a re-report after a restart) never does."""
+        if self.marks_sent:
+            return metrics
+        self.marks_sent = True
+        return {**metrics, **{TIMELINE_PREFIX + k: v for k, v in self.marks.items()}}
 
     def _restore(self) -> dict[str, Any] | None:
         ckpt = ray.train.get_checkpoint()

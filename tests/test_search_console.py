@@ -1,0 +1,113 @@
+"""What ``python -m raykd.tune`` prints (one line per trial event and a table of trials by default;
+Ray's and Tune's own output with --verbose), each trial's timeline and the search's overhead
+breakdown: real tiny searches in a subprocess, as a user runs them."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import TESTS
+from mlflow.tracking import MlflowClient
+
+from raykd.search.timeline import MARKS, SEGMENTS
+
+# Lines Ray and Tune print on their own: Train's controller and placement-group cleaner, worker
+# processes' log prefixes, the C++ core worker's errors, Tune's per-report status table.
+RAY_INTERNALS = ("TrainController", "PlacementGroupCleaner", "core_worker.cc", "Trial status", "RayTrainWorker pid=")
+LABEL = r"feature λ=[\d.e+-]+"
+
+
+def tune(tmp, space: str, *options: str):
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    cmd = [sys.executable, "-m", "raykd.tune", str(TESTS / "data" / space), "--results-dir", str(tmp / "results"),
+           "--tracking-uri", uri, *options]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, tmp / "results", uri
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory):
+    return tune(tmp_path_factory.mktemp("quiet"), "console_space.yaml", "--table-every", "0")
+
+
+@pytest.fixture(scope="module")
+def diverging(tmp_path_factory):
+    return tune(tmp_path_factory.mktemp("diverging"), "diverging_space.yaml")
+
+
+def test_quiet_search_prints_one_line_per_trial_event(quiet):
+    proc, _, _ = quiet
+    out = proc.stdout
+    for internal in RAY_INTERNALS:
+        assert internal not in out + proc.stderr, internal
+    for n in range(1, 5):
+        assert re.search(rf"^\d\d:\d\d:\d\d trial {n} {LABEL} started \(id \w+\)$", out, re.M), n
+    epoch_ones = re.findall(rf"^\d\d:\d\d:\d\d trial \d {LABEL} epoch 1/2 AP \d\.\d{{3}} loss \S+ \(ETA \d+\.\d min\)$",
+                            out, re.M)
+    assert len(epoch_ones) == 4  # every trial reaches ASHA's first rung
+    stopped = re.findall(rf"^\S+ trial (\d) {LABEL} stopped by ASHA at epoch 1/2 AP ", out, re.M)
+    finished = re.findall(rf"^\S+ trial (\d) {LABEL} finished: AP \d\.\d{{3}} loss \S+ after 2 epochs", out, re.M)
+    assert stopped and sorted(stopped + finished) == ["1", "2", "3", "4"]
+    assert re.search(r"^--- trials: .*\d done", out, re.M)  # the table of trials
+    assert re.search(r"^\d+% of trial-slot time outside training/eval steps; per trial \(mean\): worker group start",
+                     out, re.M)
+
+
+def test_every_trial_records_an_ordered_timeline(quiet):
+    _, _, uri = quiet
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny")
+    trials = client.search_runs([exp.experiment_id], "tags.`raykd.kind` = 'trial'")
+    assert len(trials) == 4
+    for run in trials:
+        marks = [run.data.metrics[f"timeline.{m}_s"] for m in MARKS]
+        assert 0 < marks[0] and marks == sorted(marks), marks
+        reports = client.get_metric_history(run.info.run_id, "timeline.report_s")
+        assert [m.step for m in sorted(reports, key=lambda m: m.step)] == list(range(1, len(reports) + 1))
+        assert min(m.value for m in reports) == pytest.approx(run.data.metrics["timeline.first_report_s"])
+
+
+def test_search_summary_breaks_the_slot_time_down(quiet):
+    _, results, uri = quiet
+    state = json.loads((results / "search.json").read_text())
+    tl = state["timeline"]
+    assert 0 < tl["overhead_fraction"] < 1 and state["overhead_fraction"] == tl["overhead_fraction"]
+    assert tl["slots"] == 2 and 0 < tl["search_s"] < state["wall_s"]
+    phases = tl["mean_trial_s"]
+    assert set(phases) == {name for name, _, _ in SEGMENTS} | {"steps_in_epochs"}
+    assert all(v >= 0 for v in phases.values()), phases
+    assert 0 < phases["steps_in_epochs"] <= phases["epochs"]
+    parent = MlflowClient(uri).get_run(state["parent_run_id"])
+    assert parent.data.metrics["overhead_fraction"] == pytest.approx(tl["overhead_fraction"])
+    assert parent.data.metrics["timeline.mean_worker_group_start_s"] == pytest.approx(phases["worker_group_start"])
+
+
+def test_mlflow_names_say_what_each_run_is(quiet):
+    _, results, uri = quiet
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    names = sorted(r.info.run_name for r in runs)
+    assert re.fullmatch(r"search console_space \d{4}-\d\d-\d\d \d\d:\d\d", names[0])
+    assert all(re.fullmatch(rf"trial [1-4] {LABEL}", n) for n in names[1:]), names
+
+
+def test_a_failed_trial_is_one_line_with_its_reason(diverging):
+    proc, _, _ = diverging
+    both = proc.stdout + proc.stderr
+    assert re.search(rf"^\S+ trial 1 {LABEL} failed: loss diverged \(\S+\) at iteration 0 of stage 1/1 feature$",
+                     proc.stdout, re.M), proc.stdout
+    assert "Traceback" not in both
+    for internal in RAY_INTERNALS:
+        assert internal not in both, internal
+
+
+def test_verbose_shows_ray_and_tune_output_too(tmp_path):
+    proc, _, _ = tune(tmp_path, "diverging_space.yaml", "--verbose")
+    assert "Trial status" in proc.stdout + proc.stderr  # Tune's own table
+    assert "RayTrainWorker pid=" in proc.stdout + proc.stderr  # the workers' logs
+    assert re.search(rf"trial 1 {LABEL} failed: loss diverged", proc.stdout)
