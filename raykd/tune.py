@@ -90,6 +90,16 @@ def _overhead_line(timeline: dict) -> str:
             f"per trial (mean): {phases}; idle slots {timeline['idle_slot_s']:.0f} s")
 
 
+def _pareto_line(space, outcome) -> str:
+    """Several objectives: where the front is, and which of its trials best.yaml holds."""
+    from raykd.search.layout import PARETO_FILE
+
+    first = space.objective_list[0]
+    return (f"pareto front:  {len(outcome.pareto)} trials ({', '.join(outcome.pareto)}) in {outcome.results_dir / PARETO_FILE};\n"
+            f"               best.yaml holds the front's best {first.metric} ({first.mode}; ties: the next objectives). "
+            f"Retrain another with: python -m raykd.final {outcome.results_dir} --trial ID")
+
+
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
     from raykd.search.fidelity import search_fidelity
@@ -112,6 +122,8 @@ def _print_summary(space, outcome, uri: str) -> None:
     print(metrics_table({f"best ({best.method.name})": best.metrics}))
     print(f"\nresults:       {outcome.results_dir}")
     print(f"best config:   {outcome.results_dir / 'best.yaml'}")
+    if outcome.pareto is not None:
+        print(_pareto_line(space, outcome))
     print(f"MLflow parent: {outcome.parent_run_id}")
     from raykd.tracking.store import Tracker
 

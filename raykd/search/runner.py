@@ -4,6 +4,8 @@ Results directory layout::
 
     search.json    what was searched, the MLflow parent run, status
     best.yaml      the best trial's TrialConfig (input of ``raykd.final``)
+    trials.yaml    every scored trial, best first (input of ``raykd.final --top-k``)
+    pareto.yaml    several objectives: the non-dominated finished trials (plot: plots/pareto_front.png)
     optuna.db      the Optuna study, for algorithm optuna (optuna-dashboard sqlite:///.../optuna.db)
     tune/          Ray Tune's experiment state (what --resume restores)
     train/         each trial's Ray Train run and checkpoints
@@ -21,20 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.subsets import subset_size
+from raykd.distill.base import get_method
 from raykd.errors import ConfigError
-from raykd.files import write_json_atomic
+from raykd.files import write_json_atomic, write_text_atomic
 from raykd.search.algorithms import make_searcher
 from raykd.search.algorithms.optuna import STUDY_FILE, study_name
 from raykd.search.console import TABLE_EVERY_S, TrialEvents, quiet_tune
 from raykd.search.fidelity import search_fidelity
-from raykd.search.layout import BEST_FILE, STATE_FILE, read_state
-from raykd.search.naming import search_run_name, trial_label
+from raykd.search.layout import BEST_FILE, PARETO_FILE, PARETO_PLOT, STATE_FILE, TRIALS_FILE, read_state
+from raykd.search.naming import search_run_name, trial_label, trial_number
+from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
 from raykd.search.trainable import run_trial, trial_spec
+from raykd.spaces.sampling import trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
 from raykd.tracking.tune_callback import MLflowTrialLogger
@@ -55,6 +61,7 @@ class SearchOutcome:
     train_s: float
     trials: list[dict[str, Any]]
     timeline: dict[str, Any] = field(default_factory=dict)  # Timeline.summary of the search phase
+    pareto: list[str] | None = None  # multi-objective searches: the trial ids on the Pareto front, best first
 
 
 def full_epochs(space: SearchSpace) -> int:
@@ -77,10 +84,11 @@ def teachers_needed(space: SearchSpace) -> list[str]:
     pool = space.exp.teacher_names
     names: list[str] = []
     for m in space.methods:
-        if m == "none":
-            continue
-        if m == "mtpd":
+        method = get_method(m)
+        if method.draws_from_pool:
             names += pool
+        elif not method.uses_teacher:
+            continue
         elif space.teacher is None:
             names.append(space.exp.first_teacher)
         else:
@@ -91,8 +99,10 @@ def teachers_needed(space: SearchSpace) -> list[str]:
 def _describe(space: SearchSpace, tracking: MlflowRef):
     def describe(config: dict[str, Any], trial_id: str) -> tuple[dict[str, Any], str]:
         spec = trial_spec(space, config)
-        cfg = _trial_config(space, spec, trial_id, {}, tracking)
+        cfg = _trial_config(space, config, trial_id, {}, tracking)
         params = {"method": spec.method.name, **({"teacher": spec.method.teacher} if spec.method.teacher else {})}
+        if space.student is not None:
+            params["student"] = trial_student(space, config)
         params.update({f"{spec.method.name}.{k}": ">".join(map(str, v)) if isinstance(v, list) else v
                        for k, v in flatten(spec.method.params).items()})
         return params, cfg.to_yaml()
@@ -100,11 +110,12 @@ def _describe(space: SearchSpace, tracking: MlflowRef):
     return describe
 
 
-def _trial_config(space, spec, trial_id, metrics, tracking: MlflowRef) -> TrialConfig:
+def _trial_config(space, config, trial_id, metrics, tracking: MlflowRef) -> TrialConfig:
+    spec = trial_spec(space, config)
     return TrialConfig(
         trial_id=trial_id,
         experiment=str(space.experiment),
-        overrides=space.overrides,
+        overrides=space.trial_overrides(trial_student(space, config)),  # a searched student's variant included
         method=spec.method,
         seed=spec.seed,
         schedule=spec.schedule,
@@ -212,7 +223,11 @@ def run_search(
         write_json_atomic(state_path, {**state, "status": "interrupted"})
         return SearchOutcome(results_dir, parent, None, True, wall, train_s, trials, timeline)
 
-    best = _best(space, grid, epochs, tracking, logger)
+    ranked = _ranked(space, grid, epochs)
+    best = _trial_of(space, ranked[0], tracking, logger) if ranked else None
+    _save_ranking(space, ranked, results_dir, tracking, logger)
+    tracker.log_file(parent, results_dir / TRIALS_FILE)
+    pareto = _save_pareto(space, ranked, epochs, results_dir, tracking, logger, tracker, parent)
     if best is not None:
         save_trial_config(best, results_dir / BEST_FILE)
         tracker.log_file(parent, results_dir / BEST_FILE)
@@ -225,7 +240,7 @@ def run_search(
     tracker.end_run(parent, "FINISHED")
     write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
                                    "overhead_fraction": timeline["overhead_fraction"], "timeline": timeline})
-    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials, timeline)
+    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials, timeline, pareto)
 
 
 def _check_fits(space: SearchSpace) -> None:
@@ -320,17 +335,51 @@ def _trial_row(space: SearchSpace, result) -> dict[str, Any]:
             "error": str(result.error).strip().splitlines()[-1][:200] if result.error else None}
 
 
-def _best(space, grid, epochs, tracking: MlflowRef, logger) -> TrialConfig | None:
-    sign = 1 if space.mode == "max" else -1
-    full = [r for r in grid if not r.error and r.metrics and r.metrics.get("epoch", 0) >= epochs]
-    pool = full or [r for r in grid if not r.error and r.metrics and space.metric in r.metrics]
-    if not pool:
-        return None
-    best = max(pool, key=lambda r: sign * r.metrics[space.metric])
-    trial_id = best.metrics["trial_id"]
-    spec = trial_spec(space, best.config)
+def _ranked(space, grid, epochs) -> list:
+    """Finished trials, best first: those that reached the full search fidelity before those ASHA
+    stopped early (a score at fewer epochs does not compare), each group by its score (several
+    objectives: the first, ties broken by the next, so the best is on the Pareto front)."""
+    objectives = space.objective_list
+    scored = [r for r in grid if not r.error and r.metrics and objective_values(objectives, r.metrics)]
+    return sorted(scored, key=lambda r: (r.metrics.get("epoch", 0) < epochs,
+                                         rank_key(objectives, objective_values(objectives, r.metrics))))
+
+
+def _trial_of(space, result, tracking: MlflowRef, logger) -> TrialConfig:
+    trial_id = result.metrics["trial_id"]
     ref = tracking.model_copy(update={"run_id": logger.runs.get(trial_id)})
-    return _trial_config(space, spec, trial_id, best.metrics, ref)
+    return _trial_config(space, result.config, trial_id, result.metrics, ref)
+
+
+def _save_ranking(space, ranked, results_dir: Path, tracking: MlflowRef, logger) -> None:
+    """``trials.yaml``: every scored trial, best first, with the epochs it reached (what
+    ``raykd.final --top-k`` validates)."""
+    rows = [{"rank": i + 1, "epoch": int(r.metrics.get("epoch", 0)), "score": float(r.metrics[space.metric]),
+             "trial": _trial_of(space, r, tracking, logger).model_dump(mode="json", exclude_none=True)}
+            for i, r in enumerate(ranked)]
+    write_text_atomic(results_dir / TRIALS_FILE, yaml.safe_dump({"metric": space.metric, "mode": space.mode,
+                                                                 "trials": rows}, sort_keys=False))
+
+
+def _save_pareto(space, ranked, epochs, results_dir: Path, tracking: MlflowRef, logger, tracker, parent) -> list[str] | None:
+    """Multi-objective searches: ``pareto.yaml`` and its plot from the trials that reached the full
+    search fidelity (raykd/search/pareto.py), both also on the parent run."""
+    if not space.multi_objective:
+        return None
+    objectives = space.objective_list
+    candidates = [Candidate(r.metrics["trial_id"], objective_values(objectives, r.metrics), _point_label(space, r),
+                            _trial_of(space, r, tracking, logger).model_dump(mode="json", exclude_none=True))
+                  for r in ranked if r.metrics.get("epoch", 0) >= epochs]
+    on_front = save_front(results_dir, objectives, candidates)
+    for name in (PARETO_FILE, PARETO_PLOT):
+        tracker.log_file(parent, results_dir / name, "pareto")
+    return [c.trial_id for c in on_front]
+
+
+def _point_label(space: SearchSpace, result) -> str:
+    """``#3 w16``: the trial's number and, when the space searches it, its student variant."""
+    variant = trial_student(space, result.config)
+    return f"#{trial_number(result.metrics['trial_id'])}" + (f" {variant}" if variant else "")
 
 
 def _parent_params(space: SearchSpace) -> dict[str, Any]:
@@ -342,6 +391,8 @@ def _parent_params(space: SearchSpace) -> dict[str, Any]:
         "scheduler": space.scheduler.model_dump(),
         "metric": space.metric,
         "mode": space.mode,
+        **({"objectives": [o.model_dump() for o in space.objective_list]} if space.multi_objective else {}),
+        **({"student_variants": list(space.student.values)} if space.student else {}),
         "fidelity": space.schedule.model_dump(exclude_none=True),
         "resources": space.run_resources.model_dump(),
         **search_fidelity(space).params(),
@@ -365,6 +416,8 @@ def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: S
     plots = {"optuna_history.html": vis.plot_optimization_history, "optuna_parallel_coordinate.html": vis.plot_parallel_coordinate}
     if len(complete) >= 2:
         plots["optuna_param_importances.html"] = vis.plot_param_importances
+    if space.multi_objective:  # the other plots need one target and write why they could not
+        plots["optuna_pareto_front.html"] = vis.plot_pareto_front
     out = results_dir / "plots"
     out.mkdir(exist_ok=True)
     for name, plot in plots.items():

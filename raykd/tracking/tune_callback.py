@@ -75,7 +75,7 @@ class MLflowTrialLogger(Callback):
         self.last_epoch[trial.trial_id] = step
         if step <= self.last_step.get(trial.trial_id, -1):
             return  # already logged before an interruption
-        metrics = {k: v for k, v in result.items() if k.startswith(("bbox_", "loss", "time_", "train_", "eval_")) or k in TUNE_KEYS}
+        metrics = {k: v for k, v in result.items() if k.startswith(("bbox_", "loss", "time_", "train_", "eval_", "student_")) or k in TUNE_KEYS}
         metrics["timeline.report_s"] = report_s
         self.tracker.log_metrics(run_id, metrics, step)
         self.last_step[trial.trial_id] = step
