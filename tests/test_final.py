@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import TESTS
 
 SPACE = TESTS / "data" / "final_space.yaml"
@@ -94,9 +95,9 @@ def test_final_from_best_yaml(search):
 
 
 def test_registered_version_has_ap_and_reloads_with_the_same_ap(search):
-    from raykd.config import load_experiment
+    from raykd.final.resolve import build_spec, resolve_input
+    from raykd.load import load_experiment
     from raykd.models.builder import build_detector, load_weights
-    from raykd.promote import build_spec, resolve_input
     from raykd.tracking.registry import load_registered_detector, load_registered_model
 
     summary = from_best_yaml(search)
@@ -224,7 +225,7 @@ def test_diverged_run_exits_1_with_one_line(search, tmp_path, capsys):
 
 
 def test_bad_inputs_exit_2_with_one_line(search, tmp_path):
-    from raykd.config import load_experiment
+    from raykd.load import load_experiment
     from raykd.train.teachers import teacher_checkpoint
 
     results = search["dir"]
@@ -266,5 +267,69 @@ def test_help_lists_every_option(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for option in ("INPUT", "--trial", "--schedule", "--workers", "--seed", "--tracking-uri", "--out", "--resume",
-                   "--init", "--baseline"):
+                   "--init", "--baseline", "--top-k", "--seeds"):
         assert option in text
+
+
+def test_validation_retrains_top_k_and_references_on_seeds(search):
+    """--top-k 2 --seeds 2: both trials, the method's defaults and the student alone, each on seeds 0
+    and 1, as Tune trials under one MLflow validation run; the winner (best mean) is registered."""
+    from scipy import stats
+
+    ranking = yaml.safe_load((search["dir"] / "trials.yaml").read_text())
+    ids = [row["trial"]["trial_id"] for row in ranking["trials"]]
+    assert [row["rank"] for row in ranking["trials"]] == [1, 2] and ids[0] == search["outcome"].best.trial_id
+    out = search["root"] / "validation"
+    summary = final(search, "validation", [str(search["dir"]), "--top-k", "2", "--seeds", "2", "--out", str(out), *SCHEDULE])
+
+    rows = {r["candidate"]: r for r in summary["rows"]}
+    assert list(rows) == [f"trial-{ids[0]}", f"trial-{ids[1]}", "defaults", "student"]
+    assert rows["defaults"]["method"] == {"name": "feature", "params": {}} and rows["student"]["method"]["name"] == "none"
+    for r in rows.values():
+        assert set(r["per_seed"]) == {"0", "1"} and all(math.isfinite(v) for v in r["per_seed"].values())
+        assert math.isclose(r["mean"], sum(r["per_seed"].values()) / 2)
+    # One epoch is the search fidelity: seed 0 of each trial reproduces the search's own score.
+    for row in ranking["trials"]:
+        r = rows[f"trial-{row['trial']['trial_id']}"]
+        assert math.isclose(r["per_seed"]["0"], row["score"], abs_tol=1e-6) and r["search_score"] == row["score"]
+    assert any(r["per_seed"]["0"] != r["per_seed"]["1"] for r in rows.values())  # the seed is really changed
+    assert summary["winner"] == max(rows.values(), key=lambda r: r["mean"])["candidate"]
+    x = [rows[f"trial-{i}"]["search_score"] for i in ids]
+    y = [rows[f"trial-{i}"]["mean"] for i in ids]
+    ref = stats.kendalltau(x, y).statistic
+    assert summary["kendall_tau"] == (None if math.isnan(ref) else pytest.approx(ref))
+    if summary["winner"] != "student":
+        gain = summary["winner_vs_student"]
+        w, b = rows[summary["winner"]]["per_seed"], rows["student"]["per_seed"]
+        assert gain["diffs"] == pytest.approx([w["0"] - b["0"], w["1"] - b["1"]])
+    assert json.loads((out / "validation.json").read_text())["winner"] == summary["winner"]
+
+    c = client(search["uri"])
+    parent = c.search_runs([c.get_experiment_by_name("tiny").experiment_id],
+                           filter_string="tags.`raykd.kind` = 'validation'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    parent = parent[0]
+    assert parent.data.tags["raykd.search_parent_run_id"] == search["outcome"].parent_run_id
+    assert "validation.json" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    seen = sorted((ch.data.params["candidate"], ch.data.params["seed"]) for ch in children)
+    assert seen == sorted((k, s) for k in rows for s in ("0", "1"))
+    assert all(ch.info.status == "FINISHED" for ch in children)
+
+    reg = summary["registered"]
+    version = c.get_model_version(reg["name"], reg["version"])
+    best_seed = max(rows[summary["winner"]]["per_seed"].items(), key=lambda kv: kv[1])[0]
+    assert reg["run"] == f"{summary['winner']}-s{best_seed}" and version.tags["raykd.validation_run"] == reg["run"]
+    winner_run = next(ch for ch in children if ch.info.run_id == reg["run_id"])
+    assert (winner_run.data.params["candidate"], winner_run.data.params["seed"]) == (summary["winner"], best_seed)
+
+
+def test_validation_refuses_options_it_cannot_honour(search, capsys):
+    from raykd.final import main
+
+    for argv, key in ((["--top-k", "3"], "--top-k"), (["--seeds", "0"], "--seeds"), (["--seeds", "2", "--baseline"], "--baseline")):
+        with pytest.raises(SystemExit) as exc:
+            main([str(search["dir"]), *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and key in err, err

@@ -17,7 +17,17 @@ import yaml
 
 from raykd.errors import ConfigError, exits_cleanly
 from raykd.files import write_json_atomic
-from raykd.final_run import (
+from raykd.final.resolve import (
+    Promotion,
+    build_spec,
+    check_checkpoint,
+    check_schedule_arg,
+    default_out,
+    latest_checkpoint,
+    ranking_text,
+    resolve_input,
+)
+from raykd.final.run import (
     CONFIG_FILE,
     STATE_FILE,
     SUMMARY_FILE,
@@ -26,14 +36,6 @@ from raykd.final_run import (
     run_params,
     schedule_text,
     train_and_register,
-)
-from raykd.promote import (
-    build_spec,
-    check_checkpoint,
-    check_schedule_arg,
-    default_out,
-    latest_checkpoint,
-    resolve_input,
 )
 from raykd.tracking.store import FAILURE_TAG, KIND_TAG, NOTE_TAG, TRIAL_TAG
 from raykd.train.layout import STUDENT_FILE
@@ -56,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, metavar="CKPT", help="start the student from this state_dict (student.pth)")
     p.add_argument("--baseline", action="store_true",
                    help="also train the student alone (method none) at the same schedule, for the table")
+    p.add_argument("--top-k", type=int, default=1, metavar="K",
+                   help="validate the search: retrain its K best trials (default 1: the best trial only)")
+    p.add_argument("--seeds", type=int, default=1, metavar="S",
+                   help="on S seeds each (the trial's seed, then the next ones), with the student alone and the "
+                        "method's defaults as references; registers the best mean (default 1)")
     return p.parse_args(argv)
 
 
@@ -65,7 +72,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # ---- everything is checked before anything is started or written ----------------------------
     check_schedule_arg(args.schedule)
+    for flag, value in (("--top-k", args.top_k), ("--seeds", args.seeds)):
+        if value < 1:
+            raise ConfigError(flag, "", f"expected a count of at least 1 (got {value})")
     promo = resolve_input(args.input, args.trial, args.tracking_uri)
+    if args.top_k > 1 or args.seeds > 1:
+        return validate(args, promo)
     spec = build_spec(promo, args.schedule, args.workers, args.seed, args.init)
     trial, exp = promo.trial, spec.experiment
     if args.resume and spec.resources.workers == 0:
@@ -129,5 +141,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+
+def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
+    """``--top-k``/``--seeds``: the K best trials and two references on S seeds (raykd.final.validate)."""
+    from raykd.final.validate import VALIDATION_FILE, candidates, ranked_trials, run_specs
+
+    for flag, used in (("--trial", args.trial), ("--resume", args.resume), ("--init", args.init), ("--baseline", args.baseline)):
+        if used:
+            raise ConfigError(flag, "", "not available with --top-k/--seeds (a validation ranks the search's own "
+                              "trials and always includes the student alone)")
+    metric, mode, rows = ranked_trials(promo, ranking_text(promo))
+    cands = candidates(rows, args.top_k, promo.source)
+    first_seed = promo.trial.seed if args.seed is None else args.seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
+    specs = run_specs(promo, cands, seeds, args.schedule, args.workers)
+    exp = next(iter(specs.values())).experiment
+    out = (args.out or (promo.results_dir / "validation" if promo.results_dir
+                        else Path("runs") / f"validation-{promo.parent_run_id}")).expanduser().resolve()
+    if out.exists():
+        raise ConfigError(str(out), "--out", "already exists (a validation writes a fresh folder; choose another --out)")
+    uri = args.tracking_uri or promo.tracking_uri or exp.tracking_uri
+
+    from raykd.final.run import register_validated
+    from raykd.final.validation_runs import run_validation
+    from raykd.tracking.store import Tracker
+
+    tracker = Tracker(uri, "--tracking-uri")
+    out.mkdir(parents=True)
+    print(f"[raykd] validating the {args.top_k} best trial(s) and references "
+          f"({', '.join(c.label for c in cands)}) on seeds {', '.join(map(str, seeds))}: {len(specs)} runs -> {out}",
+          flush=True)
+
+    def register(key, run_id, student, metrics):
+        return register_validated(tracker, run_id, exp, student, metrics, key, specs[key], promo)
+
+    # The table lands beside the search's best.yaml unless the user chose where the validation goes.
+    table = promo.results_dir / VALIDATION_FILE if promo.results_dir and args.out is None else out / VALIDATION_FILE
+    summary = run_validation(cands, specs, seeds, metric, mode, out, table, tracker, promo.parent_run_id, register)
+    if summary["winner"] is None:
+        print("error: no validation run finished", file=sys.stderr)
+        raise SystemExit(1)
+    reg = summary["registered"]
+    print(f"registered model: {reg['name']} version {reg['version']} ({summary['winner']}, {uri})")
+    return summary

@@ -55,15 +55,23 @@ def run_trial(
     trial_id = tune.get_context().get_trial_id()
     spec = trial_spec(space, config, claim_fault(results_dir, faults))
     # A stable name per trial: after an interruption Ray Train resumes it from its last checkpoint.
+    stage_cache = Path(results_dir) / "stage_cache" if space.search.reuse_stage_prefixes else None
+    train_reporting_to_tune(spec, f"trial-{trial_id}", Path(results_dir) / "train", worker_retries, stage_cache)
+
+
+def train_reporting_to_tune(
+    spec: RunSpec, name: str, storage: Path, worker_retries: int, stage_cache: Path | None = None
+) -> None:
+    """Inside a Tune trial: one Ray Train run of ``spec`` whose every report reaches Tune; a
+    diverged run fails the trial with its reason."""
     trainer = build_trainer(
         spec,
-        name=f"trial-{trial_id}",
-        storage_path=str(Path(results_dir) / "train"),
+        name=name,
+        storage_path=str(storage),
         callbacks=[TuneReportCallback()],
         max_failures=worker_retries,
-        stage_cache=Path(results_dir) / "stage_cache" if space.search.reuse_stage_prefixes else None,
+        stage_cache=stage_cache,
     )
-    result = trainer.fit()
-    outcome = run_outcome(result)
+    outcome = run_outcome(trainer.fit())
     if outcome["diverged"]:
         raise TrialDiverged(outcome["diverged"])

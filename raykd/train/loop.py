@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from raykd.config.run import RunSpec
 from raykd.data.loaders import build_datasets, build_loader
 from raykd.data.pipelines import data_workers
-from raykd.distill.base import StageStart, get_method
+from raykd.distill.base import StageStart, get_distiller
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
@@ -150,7 +150,7 @@ class Worker:
 
     # ---- one stage -------------------------------------------------------------------------
     def _build_stage(self, stage: Stage, fresh: bool):
-        cls = get_method(stage.method.name)
+        cls = get_distiller(stage.method.name)
         params = cls.Params(**stage.method.params)
         teacher = (stage.method.teacher or self.exp.first_teacher) if cls.uses_teacher else None
         distiller = cls(self.student, self.teachers, params, teacher).to(self.device)
