@@ -25,6 +25,8 @@ from raykd.config.trial import TrialConfig
 from raykd.errors import ConfigError
 from raykd.final.resolve import Promotion, build_spec
 from raykd.search.layout import TRIALS_FILE
+from raykd.search.naming import shown
+from raykd.tracking.store import flatten
 
 VALIDATION_FILE = "validation.json"
 STUDENT_ONLY = "student alone"
@@ -88,25 +90,8 @@ def required_params(name: str) -> set[str]:
 
 
 def describe_method(method: MethodSpec) -> str:
-    def short(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        if isinstance(v, list):
-            return ">".join(map(str, v))
-        return str(v)
-
-    params = " ".join(f"{k}={short(v)}" for k, v in _flat(method.params).items())
+    params = " ".join(f"{k}={shown(v)}" for k, v in flatten(method.params).items())
     return f"{method.name}{' ' + params if params else ''}"
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_specs(promo: Promotion, cands: list[Candidate], seeds: list[int], schedule: str,

@@ -24,7 +24,8 @@ def trial_number(trial_id: str, experiment_tag: str = "") -> int | str:
     return int(tail) + 1 if head and tail.isdigit() else trial_id
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A parameter value as a label shows it: 3 significant digits, orders as ``a>b``."""
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, list):
@@ -47,7 +48,7 @@ def trial_label(space: SearchSpace, config: dict[str, Any]) -> str:
     for key in space.params.get(method.name, {}):
         if key in values:
             name = key.rsplit(".", 1)[-1]
-            parts.append(f"{SYMBOLS.get(name, name)}={_shown(values[key])}")
+            parts.append(f"{SYMBOLS.get(name, name)}={shown(values[key])}")
     label = " ".join(parts)
     return label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "…"
 
