@@ -67,8 +67,8 @@ def test_the_final_run_rebuilds_the_trials_student_exactly(space):
 def test_every_variant_is_drawn_and_a_grid_visits_each_once(space, tmp_path):
     import optuna
 
-    from raykd.search.algorithms.exhaustive import space_grid
     from raykd.spaces import define_by_run
+    from raykd.spaces.algorithm_rules import space_grid
     from raykd.spaces.sampling import trial_student
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -370,7 +370,7 @@ def _with_algorithm_sample_count(space: SearchSpace) -> SearchSpace:
     """Some algorithms decide how many trials there are (a grid runs every point once; bgs runs up to
     a bound and stops by itself): set num_samples to that, refusing a different one the file asks for.
     The algorithm also refuses a space it cannot search."""
-    from raykd.search.algorithms import fixed_num_samples
+    from raykd.spaces.algorithm_rules import fixed_num_samples  # imports sampling, which imports this module
 
     fixed = fixed_num_samples(space)
     if fixed is None:

@@ -28,35 +28,11 @@ from pathlib import Path
 from ray.tune.search import Searcher
 from ray.tune.utils.util import unflatten_dict
 
-from raykd.errors import ConfigError
+from raykd.spaces.algorithm_rules import bgs_order
 from raykd.spaces.sampling import encode_order
 from raykd.spaces.schema import Order, SearchSpace
 
 WORST = -math.inf  # scores are kept sign-adjusted, so larger is always better
-
-
-def order_param(space: SearchSpace) -> tuple[str, Order]:
-    """The space's only searched parameter, an MTPD order starting at one teacher; refuses anything else."""
-    if space.multi_objective:
-        raise ConfigError(space.source, "objectives", "bgs keeps the order with the best single score: with several "
-                          "objectives use algorithm optuna or exhaustive")
-    if space.student is not None:
-        raise ConfigError(space.source, "student", "bgs searches an MTPD teacher order only: fix the student "
-                          "(experiment or overrides), or use algorithm optuna or exhaustive")
-    params = space.params.get("mtpd", {})
-    if space.method != "mtpd" or list(space.params) != ["mtpd"] or len(params) != 1 \
-            or not isinstance(next(iter(params.values())), Order):
-        raise ConfigError(space.source, "search.algorithm", "bgs searches an MTPD teacher order only: give method "
-                          "mtpd with one searched parameter of type order, and the others under fixed.mtpd")
-    name, dist = next(iter(params.items()))
-    if dist.k_range[0] != 1:
-        raise ConfigError(space.source, f"params.mtpd.{name}.k", f"bgs grows orders from one teacher, so k must "
-                          f"start at 1 (e.g. k: [1, {dist.k_range[1]}]; got {dist.k})")
-    return f"mtpd/{name}", dist
-
-
-def max_trials(pool_size: int, longest: int) -> int:
-    return sum(pool_size - r for r in range(longest))
 
 
 class BackwardGreedySearch(Searcher):
@@ -124,12 +100,6 @@ class BackwardGreedySearch(Searcher):
         self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
-def fixed_num_samples(space: SearchSpace) -> tuple[int, str]:
-    _, dist = order_param(space)
-    n = max_trials(len(dist.pool or space.exp.teacher_names), dist.k_range[1])
-    return n, f"bgs runs at most {n} trials and stops by itself"
-
-
 def build(space: SearchSpace, results_dir: Path, epochs: int) -> BackwardGreedySearch:
-    pname, dist = order_param(space)
+    pname, dist = bgs_order(space)
     return BackwardGreedySearch(pname, dist, space.exp.teacher_names, space.metric, space.mode, epochs)

@@ -10,23 +10,8 @@ from typing import Any
 from ray.tune.search import Searcher
 from ray.tune.utils.util import unflatten_dict
 
-from raykd.errors import ConfigError
-from raykd.spaces.grid import ContinuousParameter, grid_points
-from raykd.spaces.sampling import define_by_run
+from raykd.spaces.algorithm_rules import space_grid
 from raykd.spaces.schema import SearchSpace
-
-
-def space_grid(space: SearchSpace, alternative: str) -> list[dict[str, Any]]:
-    """Every point of the space (flat ``define_by_run`` names); ``alternative`` completes the
-    error for a space that has none, e.g. "use sampler random/tpe"."""
-    try:
-        return grid_points(define_by_run(space))
-    except ContinuousParameter as err:
-        key = "params." + str(err.args[0]).replace("/", ".")
-        raise ConfigError(space.source, key, f"is continuous, so the space has no grid: give it as a choice, "
-                          f"or {alternative}") from None
-    except ValueError as err:
-        raise ConfigError(space.source, "search.algorithm", str(err)) from None
 
 
 class ExhaustiveSearch(Searcher):
@@ -53,11 +38,6 @@ class ExhaustiveSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         self.points, self.next_index = state["points"], state["next_index"]
-
-
-def fixed_num_samples(space: SearchSpace) -> tuple[int, str]:
-    n = len(space_grid(space, "use algorithm optuna"))
-    return n, f"the grid has {n} points, each run once"
 
 
 def build(space: SearchSpace, results_dir: Path, epochs: int) -> ExhaustiveSearch:

@@ -9,8 +9,7 @@ from pathlib import Path
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd.errors import ConfigError
-from raykd.search.algorithms.exhaustive import space_grid
+from raykd.spaces.algorithm_rules import space_grid
 from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import SearchSettings, SearchSpace
 
@@ -48,16 +47,6 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
 
 def study_name(results_dir: Path) -> str:
     return f"raykd-{results_dir.name}"
-
-
-def fixed_num_samples(space: SearchSpace) -> tuple[int, str] | None:
-    if space.multi_objective and space.search.sampler == "cmaes":
-        raise ConfigError(space.source, "search.sampler", "cmaes optimises one objective: with several objectives "
-                          "use nsga2, tpe, random or grid")
-    if space.search.sampler != "grid":
-        return None
-    n = len(space_grid(space, "use sampler random/tpe"))
-    return n, f"the grid has {n} points, each run once"
 
 
 def build(space: SearchSpace, results_dir: Path, epochs: int) -> EarlyStopAwareOptunaSearch:
