@@ -2,24 +2,24 @@
 
 from types import SimpleNamespace
 
-from raykd.tracking.tune_callback import failure_reason
+from raykd.search.tune_callback import failure_reason
 
 # Shaped like Ray Tune's error.txt for a trial whose function raised.
 TRIAL_DIVERGED = """\
 Failure # 1 (occurred at 2026-01-01_12-00-00)
 ray::ImplicitFunc.train() (pid=4242, ip=127.0.0.1, actor_id=ab12, repr=raykd_trial)
   File "/work/main/raykd/search/trainable.py", line 77, in raykd_trial
-    raise TrialDiverged(outcome["diverged"])
-raykd.search.trainable.TrialDiverged: loss diverged (nan) at iteration 5 of stage 1
+    raise Diverged(outcome["diverged"])
+raykd.errors.Diverged: loss diverged (nan) at iteration 5 of stage 1
 """
 
-# A worker's DivergedError wrapped by Ray Train, with more lines after it.
+# A worker's Diverged wrapped by Ray Train, with more lines after it.
 TRAIN_DIVERGED = """\
 Failure # 1 (occurred at 2026-01-01_12-00-00)
 Traceback (most recent call last):
   File "/work/main/raykd/train/loop.py", line 295, in _run_stage
-    raise DivergedError(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
-raykd.train.loop.DivergedError: loss diverged (inf) at iteration 12 of stage 2 (gfl)
+    raise Diverged(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
+raykd.errors.Diverged: loss diverged (inf) at iteration 12 of stage 2 (gfl)
 
 The above exception was the direct cause of the following exception:
 
@@ -60,7 +60,7 @@ def test_any_other_error_gives_its_last_line(tmp_path):
 def test_without_an_error_file_the_trial_message_is_used(tmp_path):
     missing = SimpleNamespace(error_file=str(tmp_path / "gone.txt"), error_msg="ValueError: bad\n")
     assert failure_reason(missing) == "ValueError: bad"
-    assert failure_reason(trial_with(tmp_path, error_msg="TrialDiverged: loss diverged (nan)")) == "loss diverged (nan)"
+    assert failure_reason(trial_with(tmp_path, error_msg="Diverged: loss diverged (nan)")) == "loss diverged (nan)"
     assert failure_reason(trial_with(tmp_path)) == "unknown error"
     assert failure_reason(SimpleNamespace()) == "unknown error"  # a trial object without either attribute
     assert failure_reason(trial_with(tmp_path, "\n\n")) == "unknown error"
@@ -69,4 +69,4 @@ def test_without_an_error_file_the_trial_message_is_used(tmp_path):
 def test_the_reason_fits_a_tag(tmp_path):
     long = "x" * 1000
     assert failure_reason(trial_with(tmp_path, f"RuntimeError: {long}")) == f"RuntimeError: {long}"[:250]
-    assert failure_reason(trial_with(tmp_path, f"DivergedError: {long}\nmore")) == long[:250]
+    assert failure_reason(trial_with(tmp_path, f"Diverged: {long}\nmore")) == long[:250]

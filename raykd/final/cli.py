@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from raykd.errors import ConfigError, exits_cleanly
+from raykd.errors import ConfigError, Diverged, exits_cleanly
 from raykd.files import write_json_atomic
 from raykd.final.resolve import (
     Promotion,
@@ -31,7 +31,6 @@ from raykd.final.run import (
     CONFIG_FILE,
     STATE_FILE,
     SUMMARY_FILE,
-    Diverged,
     check_out,
     run_params,
     schedule_text,

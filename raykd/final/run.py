@@ -10,17 +10,13 @@ from typing import Any
 
 import yaml
 
-from raykd.errors import ConfigError
+from raykd.errors import ConfigError, Diverged
 from raykd.files import write_json_atomic
 from raykd.train.layout import STUDENT_FILE
 
 STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
 CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
 SUMMARY_FILE = "final.json"
-
-
-class Diverged(Exception):
-    """Training stopped on a non-finite or exploding loss (the message says where)."""
 
 
 def schedule_text(schedule) -> str:

@@ -16,8 +16,8 @@ from raykd.files import write_json_atomic
 from raykd.final.resolve import latest_checkpoint
 from raykd.final.validate import Candidate, run_key, summarize, table_text
 from raykd.search.trainable import train_reporting_to_tune
+from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.tracking.store import KIND_TAG, Tracker
-from raykd.tracking.tune_callback import MLflowTrialLogger
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.layout import STUDENT_FILE

@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from raykd.search.naming import trial_number, trial_run_name
-from raykd.tracking.tune_callback import failure_reason
+from raykd.search.tune_callback import failure_reason
 
 TABLE_EVERY_S = 60.0  # a table per minute at most: often enough to follow, rare enough to read
 TABLE_BEST = 3  # finished trials shown in the table besides the running ones

@@ -40,10 +40,10 @@ from raykd.search.layout import BEST_FILE, PARETO_FILE, PARETO_PLOT, STATE_FILE,
 from raykd.search.naming import search_run_name, trial_label, trial_number
 from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
 from raykd.search.trainable import run_trial, trial_spec
+from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.spaces.sampling import trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
-from raykd.tracking.tune_callback import MLflowTrialLogger
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters

@@ -10,13 +10,10 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd.config.run import RunSpec
+from raykd.errors import Diverged
 from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.train.launch import build_trainer, run_outcome
-
-
-class TrialDiverged(RuntimeError):
-    pass
 
 
 def trial_spec(space: SearchSpace, config: dict[str, Any], faults: dict[str, Any] | None = None) -> RunSpec:
@@ -74,4 +71,4 @@ def train_reporting_to_tune(
     )
     outcome = run_outcome(trainer.fit())
     if outcome["diverged"]:
-        raise TrialDiverged(outcome["diverged"])
+        raise Diverged(outcome["diverged"])

@@ -28,6 +28,7 @@ from raykd.config.run import RunSpec
 from raykd.data.loaders import build_datasets, build_loader
 from raykd.data.pipelines import data_workers
 from raykd.distill.base import StageStart, get_distiller
+from raykd.errors import Diverged
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
@@ -46,10 +47,6 @@ from raykd.train.stages import Stage, plan_stages, stage_iters, stage_teachers
 from raykd.train.teachers import teacher_checkpoint
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # resources.amp -> autocast dtype
-
-
-class DivergedError(RuntimeError):
-    pass
 
 
 def say(message: str) -> None:
@@ -207,7 +204,7 @@ class Worker:
         try:
             for idx in range(first, len(self.stages)):
                 global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
-        except DivergedError as err:
+        except Diverged as err:
             say(str(err))
             return self._outcome(str(err))
         return self._outcome(None)
@@ -296,7 +293,7 @@ class Worker:
                 self._maybe_crash(it)
                 bad = not torch.isfinite(loss).item() or loss.item() > loss_bound
                 if _any_rank(bad, self.device):
-                    raise DivergedError(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
+                    raise Diverged(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

@@ -1,0 +1,62 @@
+"""raykd's packages import each other in one direction only: no circle between them, counting the
+imports made inside functions too (those hide a circle, they do not remove it)."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+RAYKD = Path(__file__).parents[1] / "raykd"
+
+
+def package_edges() -> dict[str, set[str]]:
+    """``raykd.<package>`` -> the raykd packages (or top-level modules) it imports."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for f in RAYKD.rglob("*.py"):
+        module = ".".join(f.relative_to(RAYKD.parent).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("raykd."):
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("raykd.")]
+            else:
+                continue
+            for name in names:
+                a, b = ".".join(module.split(".")[:2]), ".".join(name.split(".")[:2])
+                if a != b:
+                    edges[a].add(b)
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(edges.get(u, ())):
+            if state.get(v) == 1:
+                return path[path.index(v):] + [v]
+            if v not in state and (cycle := visit(v)):
+                return cycle
+        path.pop()
+        state[u] = 2
+        return None
+
+    for u in sorted(edges):
+        if u not in state and (cycle := visit(u)):
+            return cycle
+    return None
+
+
+def test_the_finder_sees_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
+
+
+def test_raykd_packages_import_in_one_direction():
+    edges = package_edges()
+    assert "raykd.config" in edges and "raykd.train" in edges  # the walk saw the tree
+    assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
