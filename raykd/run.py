@@ -61,20 +61,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     ensure_teachers(exp, teachers, out / "ray")
     result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
     outcome = run_outcome(result)
-    if outcome["diverged"]:
-        print(f"error: run diverged: {outcome['diverged']}", file=sys.stderr)
+    if outcome.diverged:
+        print(f"error: run diverged: {outcome.diverged}", file=sys.stderr)
         raise SystemExit(1)
-    history = outcome["history"]
+    history = outcome.history
     final = {k: v for k, v in (history[-1] if history else result.metrics).items()}
     rows = {f"teacher {n}": teacher_metrics(exp, n) for n in teachers}
-    rows.update(stage_rows(outcome["stages"]))
+    rows.update(stage_rows(outcome.stages))
     rows[f"student ({method.name})"] = final
     print("\n" + metrics_table(rows))
     summary = {
         "final": {k: final[k] for k in METRIC_NAMES},
         "history": history,
         "teachers": {n: teacher_metrics(exp, n) for n in teachers},
-        "stages": outcome["stages"],
+        "stages": outcome.stages,
         "spec": spec.to_dict(),
     }
     write_json_atomic(out / "metrics.json", summary)

@@ -14,7 +14,7 @@ from raykd.eval.coco import METRIC_NAMES
 from raykd.load import load_experiment
 from raykd.models.builder import load_weights
 from raykd.train.launch import ensure_teachers, run_training
-from raykd.train.layout import STATE_FILE, STUDENT_FILE
+from raykd.train.layout import STUDENT_FILE, TRAIN_STATE_FILE
 from raykd.train.model import DistillModel
 
 
@@ -48,7 +48,7 @@ def test_local_mode_run_and_checkpoint_round_trip(exp, tmp_path):
     check_history(result.return_value["history"], 3)
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STUDENT_FILE, map_location="cpu", weights_only=True)
-        train_state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        train_state = torch.load(Path(d) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
     from conftest import build
 
     fresh = build(exp.student)

@@ -29,14 +29,23 @@ from raykd.final.resolve import (
 )
 from raykd.final.run import (
     CONFIG_FILE,
-    STATE_FILE,
+    FINAL_STATE_FILE,
     SUMMARY_FILE,
+    FinalStatus,
     check_out,
     run_params,
     schedule_text,
     train_and_register,
 )
-from raykd.tracking.store import FAILURE_TAG, KIND_TAG, NOTE_TAG, TRIAL_TAG
+from raykd.tracking.store import (
+    FAILURE_TAG,
+    KIND_TAG,
+    NOTE_TAG,
+    OUT_DIR_TAG,
+    SEARCH_PARENT_TAG,
+    SEARCH_TRIAL_RUN_TAG,
+    TRIAL_TAG,
+)
 from raykd.train.layout import STUDENT_FILE
 
 
@@ -101,40 +110,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_id = state["run_id"]
         tracker.reopen(run_id)
     else:
-        tags = {KIND_TAG: "final", TRIAL_TAG: trial.trial_id, "raykd.out_dir": str(out)}
+        tags = {KIND_TAG: "final", TRIAL_TAG: trial.trial_id, OUT_DIR_TAG: str(out)}
         if promo.parent_run_id:
-            tags["raykd.search_parent_run_id"] = promo.parent_run_id
+            tags[SEARCH_PARENT_TAG] = promo.parent_run_id
         if trial.mlflow and trial.mlflow.run_id:
-            tags["raykd.search_trial_run_id"] = trial.mlflow.run_id
+            tags[SEARCH_TRIAL_RUN_TAG] = trial.mlflow.run_id
         # The description links the search and the trial this run retrains (the UI renders it).
         tags[NOTE_TAG] = tracker.note_with_links(
             f"Final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}).",
             {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
         run_id = tracker.start_run(exp.name, f"final {trial.trial_id} {spec.method.name}", tags)
         tracker.log_params(run_id, run_params(spec, trial))
-    state = {"run_id": run_id, "tracking_uri": uri, "status": "running", "trial_id": trial.trial_id}
-    write_json_atomic(out / STATE_FILE, state)
+    state = {"run_id": run_id, "tracking_uri": uri, "status": FinalStatus.RUNNING.value, "trial_id": trial.trial_id}
+    write_json_atomic(out / FINAL_STATE_FILE, state)
     print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}, "
           f"seed {spec.seed}) -> {out}", flush=True)
     try:
         summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline)
     except Diverged as err:
         tracker.set_tags(run_id, {FAILURE_TAG: str(err)[:250]})
-        tracker.end_run(run_id, "FAILED")
-        write_json_atomic(out / STATE_FILE, {**state, "status": "diverged"})
+        tracker.end_run(run_id, FinalStatus.DIVERGED.mlflow_status)
+        write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": FinalStatus.DIVERGED.value})
         print(f"error: run diverged: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except BaseException as err:
         interrupted = isinstance(err, KeyboardInterrupt)
         tracker.set_tags(run_id, {FAILURE_TAG: (str(err).strip().splitlines() or [type(err).__name__])[-1][:250]})
-        tracker.end_run(run_id, "KILLED" if interrupted else "FAILED")
-        write_json_atomic(out / STATE_FILE, {**state, "status": "interrupted" if interrupted else "failed"})
+        status = FinalStatus.INTERRUPTED if interrupted else FinalStatus.FAILED
+        tracker.end_run(run_id, status.mlflow_status)
+        write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": status.value})
         if interrupted:
             print(f"\nfinal run stopped; continue it with: python -m raykd.final {args.input} --resume --out {out}",
                   file=sys.stderr)
         raise
-    tracker.end_run(run_id, "FINISHED")
-    write_json_atomic(out / STATE_FILE, {**state, "status": "finished"})
+    tracker.end_run(run_id, FinalStatus.FINISHED.mlflow_status)
+    write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": FinalStatus.FINISHED.value})
     print(f"\nregistered model: {summary['model']['name']} version {summary['model']['version']} ({uri})")
     print(f"summary written to {out / SUMMARY_FILE}")
     return summary

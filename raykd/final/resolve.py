@@ -29,7 +29,7 @@ from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
 from raykd.errors import ConfigError, from_validation_error
 from raykd.load import load_experiment, validate_method
-from raykd.search.layout import BEST_FILE, STATE_FILE, TRIALS_FILE
+from raykd.search.layout import BEST_FILE, SEARCH_STATE_FILE, TRIALS_FILE
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
 from raykd.train.layout import STUDENT_FILE
 
@@ -67,9 +67,9 @@ def resolve_input(value: str, trial_id: str | None = None, tracking_uri: str | N
 
 
 def _from_results_dir(d: Path, trial_id: str | None, tracking_uri: str | None) -> Promotion:
-    state_path, best_path = d / STATE_FILE, d / BEST_FILE
+    state_path, best_path = d / SEARCH_STATE_FILE, d / BEST_FILE
     if not state_path.is_file() and not best_path.is_file():
-        raise ConfigError(str(d), "", f"not a raykd search results directory (no {STATE_FILE} or {BEST_FILE})")
+        raise ConfigError(str(d), "", f"not a raykd search results directory (no {SEARCH_STATE_FILE} or {BEST_FILE})")
     state: dict[str, Any] = {}
     if state_path.is_file():
         try:
@@ -95,7 +95,7 @@ def _from_results_dir(d: Path, trial_id: str | None, tracking_uri: str | None) -
 
 def _from_trial_file(path: Path, trial_id: str | None, tracking_uri: str | None) -> Promotion:
     trial = load_trial_config(path)
-    results = path.parent if (path.parent / STATE_FILE).is_file() else None
+    results = path.parent if (path.parent / SEARCH_STATE_FILE).is_file() else None
     ref = trial.mlflow
     parent = ref.parent_run_id if ref else None
     uri = tracking_uri or (ref.tracking_uri if ref else None)

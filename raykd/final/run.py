@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,32 @@ import yaml
 
 from raykd.errors import ConfigError, Diverged
 from raykd.files import write_json_atomic
+from raykd.tracking.store import (
+    METHOD_TAG,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    RUN_ID_TAG,
+    TRIAL_TAG,
+    VALIDATION_RUN_TAG,
+)
 from raykd.train.layout import STUDENT_FILE
 
-STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
+
+class FinalStatus(StrEnum):
+    """A final run's lifecycle in its state file, and the MLflow run status each one ends with."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def mlflow_status(self) -> str:
+        return {"finished": "FINISHED", "interrupted": "KILLED", "running": "RUNNING"}.get(self.value, "FAILED")
+
+
+FINAL_STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
 CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
 SUMMARY_FILE = "final.json"
 
@@ -35,16 +59,16 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
 
 def check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The saved state of a final run in ``out`` (with --resume), after checking it is this one."""
-    state_path, run_dir = out / STATE_FILE, out / "ray" / run_name
+    state_path, run_dir = out / FINAL_STATE_FILE, out / "ray" / run_name
     if not resume:
         if state_path.exists() or run_dir.exists():
             raise ConfigError(str(out), "--out", "already holds a final run (add --resume to continue it, "
                               "or choose another --out)")
         return None
     if not state_path.is_file():
-        raise ConfigError(str(out), "--resume", f"no final run to resume here (no {STATE_FILE})")
+        raise ConfigError(str(out), "--resume", f"no final run to resume here (no {FINAL_STATE_FILE})")
     state = json.loads(state_path.read_text())
-    if state.get("status") == "finished":
+    if state.get("status") == FinalStatus.FINISHED:
         raise ConfigError(str(out), "--resume", f"this final run already finished (see {out / SUMMARY_FILE})")
     saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
     if saved is not None:
@@ -89,7 +113,6 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     from raykd.eval.coco import METRIC_NAMES
     from raykd.report import metrics_table, stage_rows
     from raykd.tracking.registry import register_student, registered_name
-    from raykd.tracking.store import TRIAL_TAG
     from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
     from raykd.train.stages import stage_teachers
 
@@ -98,10 +121,10 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     ensure_teachers(exp, teachers, ray_dir)
     result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
     outcome = run_outcome(result)
-    _log_history(tracker, run_id, outcome["history"])
-    if outcome["diverged"]:
-        raise Diverged(outcome["diverged"])
-    history = outcome["history"]
+    _log_history(tracker, run_id, outcome.history)
+    if outcome.diverged:
+        raise Diverged(outcome.diverged)
+    history = outcome.history
     final = dict(history[-1] if history else result.metrics)
     final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
     last_epoch = int(final.get("epoch", 0))
@@ -114,10 +137,10 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     if baseline:
         base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
         base = run_outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
-        if base["diverged"] or not base["history"]:
+        if base.diverged or not base.history:
             print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
         else:
-            baseline_metrics = {k: float(v) for k, v in base["history"][-1].items() if k in METRIC_NAMES}
+            baseline_metrics = {k: float(v) for k, v in base.history[-1].items() if k in METRIC_NAMES}
             tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline_metrics.items()}, last_epoch)
 
     name = registered_name(exp)
@@ -128,15 +151,15 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     )
     version = register_student(
         tracker.uri, run_id, exp, out / STUDENT_FILE, final_metrics,
-        tags={TRIAL_TAG: trial.trial_id, "raykd.method": spec.method.name, "raykd.run_id": run_id},
+        tags={TRIAL_TAG: trial.trial_id, METHOD_TAG: spec.method.name, RUN_ID_TAG: run_id},
         description=description, step=last_epoch,
     )
-    tracker.set_tags(run_id, {"raykd.registered_model": name, "raykd.registered_version": version.version})
+    tracker.set_tags(run_id, {REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
 
     teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
     rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
     rows[f"trial {trial.trial_id} at search fidelity ({schedule_text(trial.schedule)})"] = trial.metrics
-    rows.update(stage_rows(outcome["stages"], "final student"))
+    rows.update(stage_rows(outcome.stages, "final student"))
     rows[f"final student ({spec.method.name}, {schedule_text(spec.schedule)})"] = final_metrics
     if baseline_metrics is not None:
         rows["student only (none)"] = baseline_metrics
@@ -145,7 +168,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     summary = {
         "final": final_metrics,
         "history": history,
-        "stages": outcome["stages"],
+        "stages": outcome.stages,
         "trial_id": trial.trial_id,
         "search_metrics": trial.metrics,
         "teachers": teacher_rows,
@@ -171,7 +194,7 @@ def register_validated(tracker, run_id: str, exp, student: Path, metrics: dict[s
                    f"{metrics.get('bbox_mAP', float('nan')):.4f}; the best full-schedule mean of the validation "
                    f"of search run {promo.parent_run_id} (see its validation.json)")
     version = register_student(tracker.uri, run_id, exp, student, metrics,
-                               tags={"raykd.validation_run": key, "raykd.method": spec.method.name, "raykd.run_id": run_id},
+                               tags={VALIDATION_RUN_TAG: key, METHOD_TAG: spec.method.name, RUN_ID_TAG: run_id},
                                description=description, step=0)
-    tracker.set_tags(run_id, {"raykd.registered_model": registered_name(exp), "raykd.registered_version": version.version})
+    tracker.set_tags(run_id, {REGISTERED_MODEL_TAG: registered_name(exp), REGISTERED_VERSION_TAG: version.version})
     return {"name": registered_name(exp), "version": str(version.version), "run": key, "run_id": run_id}

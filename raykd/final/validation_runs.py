@@ -17,7 +17,7 @@ from raykd.final.resolve import latest_checkpoint
 from raykd.final.validate import Candidate, run_key, summarize, table_text
 from raykd.search.trainable import train_reporting_to_tune
 from raykd.search.tune_callback import MLflowTrialLogger
-from raykd.tracking.store import KIND_TAG, Tracker
+from raykd.tracking.store import KIND_TAG, OUT_DIR_TAG, SEARCH_PARENT_TAG, VALIDATION_WINNER_TAG, Tracker
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.layout import STUDENT_FILE
@@ -55,9 +55,9 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
     teachers = list(dict.fromkeys(t for s in specs.values() for t in stage_teachers(s)))
     ensure_teachers(exp, teachers, out / "train")
 
-    tags = {KIND_TAG: "validation", "raykd.out_dir": str(out)}
+    tags = {KIND_TAG: "validation", OUT_DIR_TAG: str(out)}
     if search_parent:
-        tags["raykd.search_parent_run_id"] = search_parent
+        tags[SEARCH_PARENT_TAG] = search_parent
     parent = tracker.start_run(exp.name, f"validation {out.parent.name}", tags)
     tracker.log_params(parent, {"top_k": sum(c.search_score is not None for c in cands), "seeds": ",".join(map(str, seeds)),
                                 "candidates": ",".join(c.key for c in cands), "schedule": str(first.schedule.model_dump(exclude_none=True))})
@@ -150,4 +150,4 @@ def _log_summary(tracker: Tracker, parent: str, summary: dict[str, Any]) -> None
             metrics[f"{key}_mean_diff"] = summary[key]["mean_diff"]
     tracker.log_metrics(parent, metrics, 0)
     if summary["winner"]:
-        tracker.set_tags(parent, {"raykd.validation_winner": summary["winner"]})
+        tracker.set_tags(parent, {VALIDATION_WINNER_TAG: summary["winner"]})

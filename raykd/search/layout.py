@@ -7,18 +7,18 @@ from typing import Any
 
 from raykd.errors import ConfigError
 
-STATE_FILE = "search.json"  # status, MLflow parent run, wall time; rewritten atomically
+SEARCH_STATE_FILE = "search.json"  # status, MLflow parent run, wall time; rewritten atomically
 BEST_FILE = "best.yaml"  # the best trial's TrialConfig
 TRIALS_FILE = "trials.yaml"  # every scored trial, best first: rank, epochs reached, score, TrialConfig
 PARETO_FILE = "pareto.yaml"  # multi-objective searches: the non-dominated finished trials, with TrialConfigs
 PARETO_PLOT = "plots/pareto_front.png"  # and their plot (also on the MLflow parent run)
-STATE_KEYS = ("space", "parent_run_id", "status")  # what --resume reads from STATE_FILE
+STATE_KEYS = ("space", "parent_run_id", "status")  # what --resume reads from SEARCH_STATE_FILE
 
 
 def read_state(results_dir: Path) -> dict[str, Any]:
     """A results directory's ``search.json``, checked to hold what ``--resume`` reads; a missing or
     damaged file is one line naming it (the directory may be someone else's, or a copy cut short)."""
-    path = Path(results_dir) / STATE_FILE
+    path = Path(results_dir) / SEARCH_STATE_FILE
     try:
         state = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:

@@ -36,14 +36,21 @@ from raykd.search.algorithms import make_searcher
 from raykd.search.algorithms.optuna import STUDY_FILE, study_name
 from raykd.search.console import TABLE_EVERY_S, TrialEvents, quiet_tune
 from raykd.search.fidelity import search_fidelity
-from raykd.search.layout import BEST_FILE, PARETO_FILE, PARETO_PLOT, STATE_FILE, TRIALS_FILE, read_state
+from raykd.search.layout import (
+    BEST_FILE,
+    PARETO_FILE,
+    PARETO_PLOT,
+    SEARCH_STATE_FILE,
+    TRIALS_FILE,
+    read_state,
+)
 from raykd.search.naming import search_run_name, trial_label, trial_number
 from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.spaces.sampling import trial_student
 from raykd.spaces.schema import SearchSpace
-from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, Tracker, flatten
+from raykd.tracking.store import BEST_RUN_TAG, BEST_TRIAL_TAG, KIND_TAG, RESULTS_DIR_TAG, Tracker, flatten
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
@@ -168,7 +175,7 @@ def run_search(
     uri = tracker.uri
     exp_name = space.exp.name
     results_dir = results_dir.resolve()
-    state_path = results_dir / STATE_FILE
+    state_path = results_dir / SEARCH_STATE_FILE
     ensure_ray(address, quiet=not verbose)
     _check_fits(space)  # before anything is written: a request no node can hold is an error, not a wait
     if resume:
@@ -177,7 +184,7 @@ def run_search(
         tracker.reopen(parent)
     else:
         results_dir.mkdir(parents=True, exist_ok=False)
-        parent = tracker.start_run(exp_name, search_run_name(space), {KIND_TAG: "search", "raykd.results_dir": str(results_dir)})
+        parent = tracker.start_run(exp_name, search_run_name(space), {KIND_TAG: "search", RESULTS_DIR_TAG: str(results_dir)})
         tracker.log_params(parent, _parent_params(space))
         tracker.log_file(parent, space.source)
         tracker.log_file(parent, space.experiment)
@@ -231,7 +238,7 @@ def run_search(
     if best is not None:
         save_trial_config(best, results_dir / BEST_FILE)
         tracker.log_file(parent, results_dir / BEST_FILE)
-        tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, "raykd.best_run_id": best.mlflow.run_id})
+        tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_RUN_TAG: best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
     tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "search_s": timeline["search_s"],
                                  "overhead_fraction": timeline["overhead_fraction"], **_timeline_metrics(timeline),

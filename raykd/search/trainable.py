@@ -70,5 +70,5 @@ def train_reporting_to_tune(
         stage_cache=stage_cache,
     )
     outcome = run_outcome(trainer.fit())
-    if outcome["diverged"]:
-        raise Diverged(outcome["diverged"])
+    if outcome.diverged:
+        raise Diverged(outcome.diverged)

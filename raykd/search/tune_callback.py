@@ -14,9 +14,15 @@ from ray.tune import Callback
 
 from raykd.search.naming import trial_run_name
 from raykd.search.timeline import Timeline
-from raykd.tracking.store import FAILURE_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
+from raykd.tracking.store import (
+    FAILURE_TAG,
+    KIND_TAG,
+    STOPPED_EARLY_TAG,
+    TRIAL_CONFIG_ARTIFACT,
+    TRIAL_TAG,
+    Tracker,
+)
 
-STOPPED_EARLY_TAG = "raykd.stopped_early"
 TUNE_KEYS = {"epoch", "stage", "iteration", "stage_done"}
 
 

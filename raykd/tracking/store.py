@@ -17,6 +17,18 @@ BEST_TRIAL_TAG = "raykd.best_trial_id"  # on a search's parent run
 FAILURE_TAG = "raykd.failure_reason"
 TRIAL_CONFIG_ARTIFACT = "trial_config.yaml"  # on every trial's run
 NOTE_TAG = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+RESULTS_DIR_TAG = "raykd.results_dir"  # a search's results directory (on its parent run)
+BEST_RUN_TAG = "raykd.best_run_id"  # the best trial's run (on a search's parent run)
+OUT_DIR_TAG = "raykd.out_dir"  # a final or validation run's output directory
+SEARCH_PARENT_TAG = "raykd.search_parent_run_id"  # the search a final or validation run comes from
+SEARCH_TRIAL_RUN_TAG = "raykd.search_trial_run_id"  # the trial run a final run retrains
+VALIDATION_WINNER_TAG = "raykd.validation_winner"  # the candidate with the best full-schedule mean
+VALIDATION_RUN_TAG = "raykd.validation_run"  # on a registered version: the validation run it came from
+METHOD_TAG = "raykd.method"  # on a registered version
+RUN_ID_TAG = "raykd.run_id"  # on a registered version: the run that trained it
+REGISTERED_MODEL_TAG = "raykd.registered_model"  # on the run whose student was registered
+REGISTERED_VERSION_TAG = "raykd.registered_version"  # on the run whose student was registered
+STOPPED_EARLY_TAG = "raykd.stopped_early"  # on a trial run: ASHA stopped it
 # MLflow 3's UI opens an experiment without a kind on its GenAI view (traces, token usage);
 # "custom_model_development" is what opens it on its runs.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"

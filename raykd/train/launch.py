@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,19 @@ def ddp_backend(res) -> str | None:
     return "gloo" if res.workers > 1 and 0 < res.gpus_per_worker < 1 else None
 
 
-def run_outcome(result) -> dict[str, Any]:
-    """Rank 0's return value of a run (history, diverged, stages), empty if it returned nothing."""
-    return {"history": [], "diverged": None, "stages": [], **(result.return_value or {})}
+@dataclass(frozen=True)
+class RunOutcome:
+    """What rank 0 of a run returned: its per-epoch history, why it diverged (None if it did not),
+    and its finished stages; empty for a run that returned nothing."""
+
+    history: list[dict[str, Any]]
+    diverged: str | None
+    stages: list[dict[str, Any]]
+
+
+def run_outcome(result) -> RunOutcome:
+    value = result.return_value or {}
+    return RunOutcome(value.get("history", []), value.get("diverged"), value.get("stages", []))
 
 
 def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0):
@@ -107,8 +118,8 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
         run_name = cached_teacher_dir(exp, name).name
         result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path)
         outcome = run_outcome(result)
-        if outcome["diverged"] or result.checkpoint is None:
-            why = outcome["diverged"] or "no checkpoint was written"
+        if outcome.diverged or result.checkpoint is None:
+            why = outcome.diverged or "no checkpoint was written"
             raise ConfigError(exp.source, f"teachers.{name}.train", f"teacher training failed: {why} (try a lower lr)")
 
         def publish(tmp: Path, result=result) -> None:

@@ -32,7 +32,7 @@ from raykd.errors import Diverged
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
-from raykd.train.layout import STATE_FILE, STUDENT_FILE, TIMELINE_PREFIX
+from raykd.train.layout import STUDENT_FILE, TIMELINE_PREFIX, TRAIN_STATE_FILE
 from raykd.train.lr_schedule import lr_factor
 from raykd.train.model import DistillModel
 from raykd.train.stage_checkpoints import (
@@ -386,7 +386,7 @@ class Worker:
                 "optimizers": [o.state_dict() for o in optimizers],
                 "history": self.history,
             },
-            tmp / STATE_FILE,
+            tmp / TRAIN_STATE_FILE,
         )
         ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         # Ray copied it into the run's storage; local mode (workers: 0) keeps no copy of its own.
@@ -407,7 +407,7 @@ class Worker:
             return None
         with ckpt.as_directory() as d:
             load_weights(self.student, Path(d) / STUDENT_FILE)
-            state = torch.load(Path(d) / STATE_FILE, map_location=self.device, weights_only=True)
+            state = torch.load(Path(d) / TRAIN_STATE_FILE, map_location=self.device, weights_only=True)
         if state.get("stage_done"):
             state["stage"] += 1
         return state
