@@ -203,6 +203,7 @@ def phase_full(data: dict[str, Any]) -> None:
     from raykd.config.experiment import Resources
     from raykd.config.run import MethodSpec, RunSpec
     from raykd.final.validation_runs import concurrent_runs, validation_run
+    from raykd.train.launch import ensure_ray
     from raykd.load import load_experiment
 
     orders = full_schedule_orders(data)
@@ -214,6 +215,7 @@ def phase_full(data: dict[str, Any]) -> None:
     if not specs:
         return
     print(f"[order_search] full schedule: {len(specs)} runs ({', '.join(orders)})", flush=True)
+    ensure_ray()
     storage = (RUNS / "full").resolve()
     tune.Tuner(
         tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
