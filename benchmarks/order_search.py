@@ -203,8 +203,8 @@ def phase_full(data: dict[str, Any]) -> None:
     from raykd.config.experiment import Resources
     from raykd.config.run import MethodSpec, RunSpec
     from raykd.final.validation_runs import concurrent_runs, validation_run
-    from raykd.train.launch import ensure_ray
     from raykd.load import load_experiment
+    from raykd.train.launch import ensure_ray
 
     orders = full_schedule_orders(data)
     exp = load_experiment(DEMO)
