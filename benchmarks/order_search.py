@@ -204,6 +204,7 @@ def phase_full(data: dict[str, Any]) -> None:
     from raykd.config.run import MethodSpec, RunSpec
     from raykd.final.validation_runs import concurrent_runs, validation_run
     from raykd.load import load_experiment
+    from raykd.train.cluster import trial_driver_resources
     from raykd.train.launch import ensure_ray
 
     orders = full_schedule_orders(data)
@@ -218,7 +219,10 @@ def phase_full(data: dict[str, Any]) -> None:
     ensure_ray()
     storage = (RUNS / "full").resolve()
     tune.Tuner(
-        tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
+        tune.with_resources(  # the trial only waits: its Ray Train worker holds the CPU
+            tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
+            trial_driver_resources(),
+        ),
         param_space={"run": tune.grid_search(list(specs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_runs(next(iter(specs.values())))),
         run_config=tune.RunConfig(name=f"tune-{len(done)}", storage_path=str(storage), verbose=1,
