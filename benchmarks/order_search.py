@@ -244,7 +244,7 @@ class SaveEachRun(Callback):
 
 
 def full_mean(data: dict[str, Any], order: str | None) -> float | None:
-    vals = [data["full"].get(f"{order}|s{s}") for s in SEEDS]
+    vals = [data.get("full", {}).get(f"{order}|s{s}") for s in SEEDS]
     return statistics.fmean(vals) if order and all(v is not None for v in vals) else None
 
 
@@ -268,8 +268,8 @@ def phase_report(data: dict[str, Any]) -> None:
                      "fidelity_to_best": best_fidelity - statistics.fmean(fidelity),
                      "full_ap": ap, "full_ap_from": f"{len(full)}/{len(chosen)}",
                      "full_to_best": None if ap is None or best is None else best - ap, "trial_epochs": p["epochs"]})
-    spread = [abs(data["full"][f"{o}|s0"] - data["full"][f"{o}|s1"]) for o in full_orders
-              if f"{o}|s0" in data["full"] and f"{o}|s1" in data["full"]]
+    full = data.get("full", {})
+    spread = [abs(full[f"{o}|s0"] - full[f"{o}|s1"]) for o in full_orders if f"{o}|s0" in full and f"{o}|s1" in full]
     data["table"] = {"rows": rows, "full_means": means, "best_full": best, "best_fidelity": best_fidelity,
                      "seed_spread_mean": statistics.fmean(spread) if spread else None}
 
