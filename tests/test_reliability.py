@@ -76,7 +76,9 @@ def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path, ray_clu
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def one_finished():
-        if not (tmp_path / "mlflow.db").exists():
+        # search.json is written after the search created and migrated its MLflow store: a client
+        # opening the file earlier would run the same migration concurrently and break the search.
+        if not (results / "search.json").exists():
             return False
         try:
             return any(r.info.status == "FINISHED" for r in children(uri)[1])
