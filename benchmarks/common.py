@@ -37,3 +37,33 @@ def save(name: str, data) -> Path:
     path = OUT / name
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def train_full_schedule(specs: dict, storage: Path, on_result) -> None:
+    """Train each ``RunSpec`` of ``specs`` (keyed by name) as a Ray Tune trial with one Ray Train run,
+    as many at once as the cluster holds; ``on_result(name, bbox_mAP)`` as each one finishes, so a
+    phase cut short keeps what it trained."""
+    from ray import tune
+
+    from raykd.final.validation_runs import concurrent_runs, validation_run
+    from raykd.train.cluster import trial_driver_resources
+    from raykd.train.launch import ensure_ray
+
+    class ReportEachRun(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+            result = trial.last_result or {}
+            if "bbox_mAP" in result:
+                on_result(trial.config["run"], float(result["bbox_mAP"]))
+
+    ensure_ray()
+    storage = storage.resolve()
+    tune.Tuner(
+        tune.with_resources(  # the trial only waits: its Ray Train worker holds the CPU
+            tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
+            trial_driver_resources(),
+        ),
+        param_space={"run": tune.grid_search(list(specs))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_runs(next(iter(specs.values())))),
+        run_config=tune.RunConfig(name=f"tune-{len(list(storage.glob('tune-*')))}", storage_path=str(storage), verbose=1,
+                                  callbacks=[ReportEachRun()]),
+    ).fit()

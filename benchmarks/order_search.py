@@ -14,7 +14,7 @@ stage 1 starts from its teacher), search fidelity 3 epochs (the demo's), full sc
   0-4 at budgets of 25 % and 50 % of the exhaustive search's trial-epochs; BGS stops by itself, and
   at a budget it is its trajectory cut where the budget runs out (its rounds do not depend on it).
 - ``full``: the reference answer: the exhaustive search's two top orders plus the picks above (the
-  most frequent first; at most three orders in all, what a session on 2 cores allows), retrained at
+  most frequent first; five orders in all: every order picked by some algorithm), retrained at
   the full schedule on seeds 0 and 1 (Ray Tune trials, one Ray Train run each). A pick outside them
   is reported with its search-fidelity score only.
 - ``report``: the table (``benchmarks/out/order_search.json``).
@@ -30,16 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Callback
 
-from benchmarks.common import DEMO, OUT, save
+from benchmarks.common import DEMO, OUT, save, train_full_schedule
 
 RUNS = Path("runs/bench-order-search")
 RAW = OUT / "order_search.json"
 BUDGETS = (0.25, 0.5)
 TPE_SEEDS = range(5)
 TOP_ORDERS = 2
-MAX_FULL_ORDERS = 3
+MAX_FULL_ORDERS = 5
 SEEDS = (0, 1)
 FIDELITY_EPOCHS = 3
 SPACE = {
@@ -198,14 +197,9 @@ def full_schedule_orders(data: dict[str, Any]) -> list[str]:
 
 def phase_full(data: dict[str, Any]) -> None:
     """Top exhaustive orders and every pick, at the full schedule on each seed (Tune trials)."""
-    from ray import tune
-
     from raykd.config.experiment import Resources
     from raykd.config.run import MethodSpec, RunSpec
-    from raykd.final.validation_runs import concurrent_runs, validation_run
     from raykd.load import load_experiment
-    from raykd.train.cluster import trial_driver_resources
-    from raykd.train.launch import ensure_ray
 
     orders = full_schedule_orders(data)
     exp = load_experiment(DEMO)
@@ -213,34 +207,9 @@ def phase_full(data: dict[str, Any]) -> None:
     specs = {f"{o}|s{s}": RunSpec(experiment=exp, method=MethodSpec(name="mtpd", params={"order": o.split(">")}),
                                   schedule=exp.schedules.full, seed=s, resources=Resources(workers=1, cpus_per_worker=1))
              for o in orders for s in SEEDS if f"{o}|s{s}" not in done}
-    if not specs:
-        return
-    print(f"[order_search] full schedule: {len(specs)} runs ({', '.join(orders)})", flush=True)
-    ensure_ray()
-    storage = (RUNS / "full").resolve()
-    tune.Tuner(
-        tune.with_resources(  # the trial only waits: its Ray Train worker holds the CPU
-            tune.with_parameters(validation_run, specs={k: v.to_dict() for k, v in specs.items()}, storage=str(storage)),
-            trial_driver_resources(),
-        ),
-        param_space={"run": tune.grid_search(list(specs))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_runs(next(iter(specs.values())))),
-        run_config=tune.RunConfig(name=f"tune-{len(done)}", storage_path=str(storage), verbose=1,
-                                  callbacks=[SaveEachRun(data)]),
-    ).fit()
-
-
-class SaveEachRun(Callback):
-    """Each full-schedule run's AP is saved as it finishes: a phase cut short keeps what it trained."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.data = data
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        result = trial.last_result or {}
-        if "bbox_mAP" in result:
-            self.data["full"][trial.config["run"]] = float(result["bbox_mAP"])
-            save(RAW.name, self.data)
+    if specs:
+        print(f"[order_search] full schedule: {len(specs)} runs ({', '.join(orders)})", flush=True)
+        train_full_schedule(specs, RUNS / "full", lambda run, ap: (done.__setitem__(run, ap), save(RAW.name, data)))
 
 
 def full_mean(data: dict[str, Any], order: str | None) -> float | None:

@@ -23,6 +23,11 @@ class ConfigError(Exception):
         self.source, self.key, self.message = str(source), key, message
         super().__init__(self.line())
 
+    def __reduce__(self):
+        # Ray re-raises a trial's error through copy.copy, which rebuilds it from its arguments:
+        # without this a ConfigError in a Tune trial surfaced as a TypeError about its constructor.
+        return type(self), (self.source, self.key, self.message)
+
     def line(self) -> str:
         parts = [p for p in (self.source, self.key) if p]
         return ": ".join([*parts, self.message])

@@ -100,3 +100,15 @@ def test_method_that_cannot_pair_student_and_teacher_is_rejected_up_front(tmp_pa
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--method" in proc.stderr and "FPN levels" in proc.stderr, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "o").exists()
+
+
+def test_a_config_error_survives_copy_and_pickle():
+    """Ray re-raises a trial's error through copy.copy (and ships it pickled): the file/key/message
+    must come through, not a TypeError about the constructor."""
+    import copy
+    import pickle
+
+    err = ConfigError("run spec", "faults", "unknown key")
+    for clone in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+        assert (clone.source, clone.key, clone.message, str(clone)) == ("run spec", "faults", "unknown key",
+                                                                         "run spec: faults: unknown key")
