@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/python -m raykd.tune search_spaces/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 lint: install
 	$(BIN)/ruff check raykd tests benchmarks
