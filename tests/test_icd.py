@@ -129,26 +129,26 @@ def test_param_group_is_the_official_decoder_optimiser(student, teachers):
 
 
 def test_loop_clips_a_group_with_its_own_clip_alone():
-    from raykd.train.loop import _clip_gradients
+    from raykd.train.optim_wrapper import clip_gradients
 
     student_p, decoder_p = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.AdamW([{"params": [student_p]}, {"params": [decoder_p], "clip_grad": 0.01}])
     student_p.grad, decoder_p.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
-    _clip_gradients(opt, 10.0)
+    clip_gradients(opt, 10.0)
     assert student_p.grad.norm().item() == pytest.approx(12**0.5, rel=1e-6)  # under 10: untouched
     assert decoder_p.grad.norm().item() == pytest.approx(0.01, rel=1e-4)
 
 
 def test_loop_clipping_of_a_single_optimizer_is_unchanged():
     """Bit for bit what the loop did before: all of the optimizer's params clipped together."""
-    from raykd.train.loop import _clip_gradients
+    from raykd.train.optim_wrapper import clip_gradients
 
     torch.manual_seed(0)
     grads = [torch.randn(4) * 10 for _ in range(3)]
     ours, before = ([torch.nn.Parameter(torch.zeros(4)) for _ in grads] for _ in range(2))
     for a, b, g in zip(ours, before, grads, strict=True):
         a.grad, b.grad = g.clone(), g.clone()
-    _clip_gradients(torch.optim.SGD([{"params": ours[:2]}, {"params": ours[2:]}], lr=0.1), 1.0)
+    clip_gradients(torch.optim.SGD([{"params": ours[:2]}, {"params": ours[2:]}], lr=0.1), 1.0)
     torch.nn.utils.clip_grad_norm_(before, 1.0)
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, before, strict=True))
     assert torch.stack([a.grad.norm() for a in ours]).norm().item() == pytest.approx(1.0, rel=1e-5)

@@ -9,6 +9,7 @@ import time
 import optuna
 import pytest
 from conftest import TESTS
+from faults import CrashOnce, NanLossOnce
 from mlflow.tracking import MlflowClient
 
 from raykd.search.runner import run_search
@@ -30,8 +31,10 @@ def faulty_search(tmp_path_factory, ray_cluster):
     tmp = tmp_path_factory.mktemp("faults")
     uri = f"sqlite:///{tmp}/mlflow.db"
     marker = tmp / "worker-crashed"
-    faults = {0: {"nan_at_iter": 3}, 1: {"exit_at_iter": 11, "exit_marker": str(marker)}}
-    outcome = run_search(load_space(FAULTS_SPACE), tmp / "results", tracking_uri=uri, faults=faults)
+    # The first trial to reach iteration 3 diverges there (so it never reaches 11); the first to reach
+    # iteration 11 (of 16) loses its worker once and resumes from its epoch-1 checkpoint.
+    hooks = [NanLossOnce(3, str(tmp / "loss-nan")), CrashOnce(11, str(marker))]
+    outcome = run_search(load_space(FAULTS_SPACE), tmp / "results", tracking_uri=uri, train_hooks=hooks)
     return outcome, uri, marker
 
 

@@ -39,8 +39,6 @@ class RunSpec(Strict):
     init_checkpoint: str | None = None
     # Search trials may see part of the data (a space's fidelity); final runs always see all of it.
     subset: DataSubset | None = None
-    # Testing hooks for fault injection (see tests/test_reliability.py); empty in normal runs.
-    faults: dict[str, Any] = {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:

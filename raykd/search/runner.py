@@ -52,6 +52,7 @@ from raykd.spaces.sampling import trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_RUN_TAG, BEST_TRIAL_TAG, KIND_TAG, RESULTS_DIR_TAG, Tracker, flatten
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
+from raykd.train.hooks import TrainHook
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
 
@@ -163,12 +164,14 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     tracking_uri: str | None = None,
-    faults: dict[int, dict] | None = None,
+    train_hooks: list[TrainHook] | None = None,
     verbose: bool = False,
     table_every_s: float = TABLE_EVERY_S,
 ) -> SearchOutcome:
     """``verbose``: Ray's worker logs and warnings and Tune's result tables on the terminal, besides
-    raykd's lines per trial event and its table of trials (at most every ``table_every_s``)."""
+    raykd's lines per trial event and its table of trials (at most every ``table_every_s``).
+    ``train_hooks``: called by every trial's workers at every step (``raykd.train.hooks``; the
+    reliability tests inject faults through them); none in normal searches."""
     t0 = time.perf_counter()
     uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
     tracker = Tracker(uri, space.source)  # fails fast on an unusable URI, before any work
@@ -199,7 +202,7 @@ def run_search(
     logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking), partial(trial_label, space))
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, faults=faults
+            run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, train_hooks=train_hooks
         ),
         trial_driver_resources(),  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
     )

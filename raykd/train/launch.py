@@ -17,6 +17,7 @@ from raykd.config.experiment import Experiment, ModelSpec
 from raykd.config.run import MethodSpec, RunSpec
 from raykd.errors import ConfigError
 from raykd.train.cluster import check_cluster_fits, init_ray
+from raykd.train.hooks import TrainHook
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
 from raykd.train.stage_checkpoints import as_uri, stages_uri
@@ -37,8 +38,10 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     max_failures: int = 0,
     stage_cache: str | Path | None = None,
+    train_hooks: list[TrainHook] | None = None,
 ) -> TorchTrainer:
-    """``stage_cache``: where runs that share it publish and reuse MTPD stage prefixes (a search's trials)."""
+    """``stage_cache``: where runs that share it publish and reuse MTPD stage prefixes (a search's trials).
+    ``train_hooks``: called by every worker at every step (``raykd.train.hooks``; tests inject faults)."""
     res = spec.resources
     scaling = ScalingConfig(
         num_workers=res.workers,
@@ -59,6 +62,7 @@ def build_trainer(
             "spec": spec.to_dict(),
             "stages_dir": stages_uri(storage_path, name),
             "stage_cache": as_uri(stage_cache) if stage_cache else None,
+            "train_hooks": list(train_hooks or []),
         },
         scaling_config=scaling,
         run_config=run_config,
@@ -86,11 +90,12 @@ def run_outcome(result) -> RunOutcome:
     return RunOutcome(value.get("history", []), value.get("diverged"), value.get("stages", []))
 
 
-def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0):
+def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0,
+                 train_hooks: list[TrainHook] | None = None):
     if spec.resources.workers > 0:
         ensure_ray()
         check_cluster_fits(spec.resources, spec.experiment.source)
-    return build_trainer(spec, name, storage_path, max_failures=max_failures).fit()
+    return build_trainer(spec, name, storage_path, max_failures=max_failures, train_hooks=train_hooks).fit()
 
 
 def teacher_run_spec(exp: Experiment, name: str) -> RunSpec:

@@ -7,20 +7,17 @@ Runs unchanged on 1..N CPU workers (gloo) or CUDA workers (nccl, optional AMP); 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray.train
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -32,9 +29,14 @@ from raykd.errors import Diverged
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
-from raykd.train.layout import STUDENT_FILE, TIMELINE_PREFIX, TRAIN_STATE_FILE
+from raykd.train.checkpoint import load_checkpoint, save_checkpoint, train_state
+from raykd.train.collectives import from_rank0, is_distributed
+from raykd.train.divergence import check_loss
+from raykd.train.hooks import TrainHook
+from raykd.train.layout import TIMELINE_PREFIX
 from raykd.train.lr_schedule import lr_factor
 from raykd.train.model import DistillModel
+from raykd.train.optim_wrapper import OptimWrapper
 from raykd.train.stage_checkpoints import (
     load_stage,
     prefix_key,
@@ -56,47 +58,15 @@ def say(message: str) -> None:
     sys.__stdout__.flush()
 
 
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _clip_gradients(optimizer: torch.optim.Optimizer, default: float | None) -> None:
-    """Clip one optimizer's gradient norm: a param group carrying its own ``clip_grad`` (a method
-    module with its own recipe, e.g. ICD's decoder) alone, the other groups together at ``default``.
-    Optimizers are clipped apart, so one's large gradients never shrink another's."""
-    shared = [p for g in optimizer.param_groups if "clip_grad" not in g for p in g["params"]]
-    if default and shared:
-        torch.nn.utils.clip_grad_norm_(shared, default)
-    for group in optimizer.param_groups:
-        if "clip_grad" in group:
-            torch.nn.utils.clip_grad_norm_(group["params"], group["clip_grad"])
-
-
-def _from_rank0(value: int, device: torch.device) -> int:
-    """Rank 0's value on every rank."""
-    if not _is_distributed():
-        return value
-    t = torch.tensor([value], device=device)
-    dist.broadcast(t, src=0)
-    return int(t.item())
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is true on any (so all ranks stop together, none hangs in a collective)."""
-    if not _is_distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
 class Worker:
-    def __init__(self, spec: RunSpec, stages_dir: str | None = None, stage_cache: str | None = None):
+    def __init__(self, spec: RunSpec, stages_dir: str | None = None, stage_cache: str | None = None,
+                 hooks: list[TrainHook] | None = None):
         # Phase timestamps, sent once with the first report after training started (a search's timeline).
         self.marks, self.marks_sent = {"worker_up": time.time()}, False
         self.spec = spec
         self.stages_dir = stages_dir  # where a multi-stage run keeps every stage's final student
         self.stage_cache = stage_cache  # stage prefixes shared by the trials of a search
+        self.hooks = list(hooks or [])  # called at every step (raykd.train.hooks); none in production runs
         self.exp = spec.experiment
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -146,7 +116,8 @@ class Worker:
         return teachers
 
     # ---- one stage -------------------------------------------------------------------------
-    def _build_stage(self, stage: Stage, fresh: bool):
+    def _build_stage(self, stage: Stage, fresh: bool) -> tuple[nn.Module, nn.Module, OptimWrapper]:
+        """The stage's method, the model to step (DDP-wrapped across ranks) and its optimizers."""
         cls = get_distiller(stage.method.name)
         params = cls.Params(**stage.method.params)
         teacher = (stage.method.teacher or self.exp.first_teacher) if cls.uses_teacher else None
@@ -154,27 +125,11 @@ class Worker:
         if fresh:  # before DDP: its construction broadcasts rank 0's weights to every rank
             distiller.on_stage_start(StageStart(self._endless_batches(), stage_iters(stage.schedule, len(self.train_loader))[0], self.rank))
         model = DistillModel(self.student, distiller, self.teachers)
-        ddp = model
-        if _is_distributed():
+        if is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            ddp = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cls.may_skip_params)
-        optim = self.exp.optim
-        base = {"lr": optim.lr, "weight_decay": optim.weight_decay}
-        if optim.optimizer == "sgd":
-            base["momentum"] = optim.momentum
-        groups: dict[str, list] = {"sgd": [], "adamw": []}
-        groups[optim.optimizer].append({"params": [p for p in self.student.parameters() if p.requires_grad], **base})
-        for group in distiller.param_groups(base):
-            group = dict(group)
-            kind = group.pop("optimizer", optim.optimizer)
-            if kind == "adamw":
-                group.pop("momentum", None)
-            else:
-                group.setdefault("momentum", optim.momentum)
-            groups[kind].append(group)
-        make = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-        optimizers = [make[kind](g) for kind, g in groups.items() if g]
-        return model, ddp, distiller, optimizers
+            model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cls.may_skip_params)
+        optim = OptimWrapper.build(self.student, distiller, self.exp.optim, fp16=self.amp_dtype is torch.float16)
+        return model, distiller, optim
 
     def _endless_batches(self):
         """Preprocessed training batches for a method's stage-start work, epoch after epoch."""
@@ -219,7 +174,7 @@ class Worker:
         found = -1
         if self.rank == 0:  # one rank decides: a trial may publish the entry while ranks look
             found = next((i for i in reversed(range(len(self.stages) - 1)) if stage_exists(self._prefix_uri(i))), -1)
-        found = _from_rank0(found, self.device)
+        found = from_rank0(found, self.device)
         if found < 0:
             return 0, 0
         state_dict, history = load_stage(self._prefix_uri(found), self.device)
@@ -251,99 +206,81 @@ class Worker:
         torch.manual_seed(seed)
 
     def _run_stage(self, stage_idx: int, global_epoch: int, resume: dict | None) -> int:
+        """Train one stage, from its start or from ``resume`` (a checkpoint's train state), evaluating,
+        reporting and checkpointing after every epoch. Returns the run's epoch count after it."""
         stage = self.stages[stage_idx]
         if len(self.stages) > 1:  # single-stage runs keep the seeding they always had
             self._seed(stage_idx)
-        model, ddp, distiller, optimizers = self._build_stage(stage, fresh=resume is None)
-        ipe = len(self.train_loader)
-        total, epochs = stage_iters(stage.schedule, ipe)
+        model, distiller, optim = self._build_stage(stage, fresh=resume is None)
+        total, epochs = stage_iters(stage.schedule, len(self.train_loader))
         it, epoch = 0, 0
         if resume:
             distiller.load_state_dict(resume["distiller"])
-            for opt, sd in zip(optimizers, resume["optimizers"], strict=True):
-                opt.load_state_dict(sd)
+            optim.load_state_dict(resume["optimizers"])
             it, epoch = resume["iteration"], resume["epoch_in_stage"]
-        base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        faults = self.spec.faults
-        grad_clip = self.exp.optim.grad_clip
-        clipping = bool(grad_clip) or any("clip_grad" in g for opt in optimizers for g in opt.param_groups)
-        loss_bound = self.exp.optim.max_loss
         label = f"stage {stage_idx + 1}/{len(self.stages)} {stage.method.name}"
         self.marks.setdefault("first_step", time.time())
         while it < total:
             self.train_loader.sampler.set_epoch(epoch + 1000 * stage_idx)
-            self.student.train()
-            sums: dict[str, float] = defaultdict(float)
-            n, t0, t_step = 0, time.perf_counter(), 0.0
-            for batch in self.train_loader:
-                if it >= total:
-                    break
-                t_s = time.perf_counter()
-                factor = lr_factor(self.exp.optim.lr_schedule, it, total, self.exp.optim.warmup_iters, ipe)
-                for opt, lrs in zip(optimizers, base_lrs, strict=True):
-                    for g, lr in zip(opt.param_groups, lrs, strict=True):
-                        g["lr"] = lr * factor
-                data = self.student.data_preprocessor(batch, True)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                    losses = ddp(data["inputs"], data["data_samples"], it, total)
-                loss, log_vars = self.student.parse_losses(losses)
-                if faults.get("nan_at_iter") == it and self.rank == 0:
-                    loss = loss * float("nan")
-                self._maybe_crash(it)
-                bad = not torch.isfinite(loss).item() or loss.item() > loss_bound
-                if _any_rank(bad, self.device):
-                    raise Diverged(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if clipping:
-                    for opt in optimizers:
-                        scaler.unscale_(opt)
-                        _clip_gradients(opt, grad_clip)
-                for opt in optimizers:
-                    scaler.step(opt)
-                scaler.update()
-                for k, v in log_vars.items():
-                    sums[k] += float(v.detach())
-                n += 1
-                it += 1
-                t_step += time.perf_counter() - t_s
-                if self.rank == 0 and (n % max(ipe // 4, 1) == 0):
-                    eta = (total - it) * t_step / n
-                    say(
-                        f"{label} epoch {epoch + 1}/{epochs} iter {it}/{total} "
-                        f"loss {sums['loss'] / n:.4f} {t_step / n:.3f} s/it eta {eta / 60:.1f} min"
-                    )
+            t0 = time.perf_counter()
+            it, losses, time_per_iter = self._train_epoch(model, optim, it, total, label, f"epoch {epoch + 1}/{epochs}")
             epoch += 1
             global_epoch += 1
+            done = it >= total
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
             metrics = self.evaluate()
-            metrics.update({k: v / max(n, 1) for k, v in sums.items()}, **self.student_cost)
-            metrics.update(
-                epoch=global_epoch,
-                stage=stage_idx + 1,
-                iteration=it,
-                time_per_iter=t_step / max(n, 1),
-                train_time=train_time,
-                eval_time=time.perf_counter() - t1,
-                stage_done=int(it >= total),
-            )
-            if self.rank == 0 and it >= total and len(self.stages) > 1:
+            metrics.update(losses, **self.student_cost)
+            metrics.update(epoch=global_epoch, stage=stage_idx + 1, iteration=it, time_per_iter=time_per_iter,
+                           train_time=train_time, eval_time=time.perf_counter() - t1, stage_done=int(done))
+            if self.rank == 0 and done and len(self.stages) > 1:
                 metrics[f"stage{stage_idx + 1}_bbox_mAP"] = metrics["bbox_mAP"]  # one number per stage in MLflow
             if self.rank == 0:
                 say(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
                     f"loss {metrics.get('loss', float('nan')):.4f} (train {train_time:.0f} s, eval {metrics['eval_time']:.0f} s)")
-            self._report(metrics, stage_idx, epoch, global_epoch, it, distiller, optimizers, it >= total)
+            self.history.append(metrics)
+            state = None
+            if self.rank == 0:
+                state = train_state(stage=stage_idx, epoch_in_stage=epoch, global_epoch=global_epoch, iteration=it,
+                                    stage_done=done, distiller=distiller, optimizers=optim.state_dict(),
+                                    history=self.history)
+            self._report(metrics, stage_idx, state)
         return global_epoch
 
-    def _maybe_crash(self, it: int) -> None:
-        """Fault injection for reliability tests: kill this worker process once at a given iteration."""
-        at, marker = self.spec.faults.get("exit_at_iter"), self.spec.faults.get("exit_marker")
-        if at is not None and it == at and self.rank == 0 and marker and not Path(marker).exists():
-            Path(marker).write_text("crashed once")
-            os._exit(1)
+    def _train_epoch(self, model: nn.Module, optim: OptimWrapper, it: int, total: int, label: str,
+                     epoch: str) -> tuple[int, dict[str, float], float]:
+        """Steps from iteration ``it`` until the loader's epoch ends or the stage's ``total`` is reached.
+        Returns the iteration reached, the epoch's mean logged losses and its seconds per step.
+
+        One step: LR schedule, forward (autocast), the hooks' ``after_loss``, the divergence guard,
+        then backward, clipping and the optimizer steps (``OptimWrapper.update_params``)."""
+        cfg, ipe = self.exp.optim, len(self.train_loader)
+        self.student.train()
+        sums: dict[str, float] = defaultdict(float)
+        n, t_steps = 0, 0.0
+        for batch in self.train_loader:
+            if it >= total:
+                break
+            t_s = time.perf_counter()
+            optim.set_lr_factor(lr_factor(cfg.lr_schedule, it, total, cfg.warmup_iters, ipe))
+            data = self.student.data_preprocessor(batch, True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                losses = model(data["inputs"], data["data_samples"], it, total)
+            loss, log_vars = self.student.parse_losses(losses)
+            for hook in self.hooks:
+                loss = hook.after_loss(it, self.rank, loss)
+            check_loss(loss, cfg.max_loss, f"iteration {it} of {label}", self.device)
+            optim.update_params(loss)
+            for k, v in log_vars.items():
+                sums[k] += float(v.detach())
+            n += 1
+            it += 1
+            t_steps += time.perf_counter() - t_s
+            if self.rank == 0 and n % max(ipe // 4, 1) == 0:
+                eta = (total - it) * t_steps / n
+                say(f"{label} {epoch} iter {it}/{total} loss {sums['loss'] / n:.4f} {t_steps / n:.3f} s/it "
+                    f"eta {eta / 60:.1f} min")
+        return it, {k: v / max(n, 1) for k, v in sums.items()}, t_steps / max(n, 1)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -361,33 +298,20 @@ class Worker:
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def _report(self, metrics, stage_idx, epoch, global_epoch, it, distiller, optimizers, stage_done) -> None:
-        self.history.append(metrics)
+    def _report(self, metrics: dict[str, Any], stage_idx: int, state: dict[str, Any] | None) -> None:
+        """Send an epoch's metrics to Ray Train: rank 0's with a checkpoint of ``state`` (and, for a
+        finished stage of a multi-stage run, the stage's student kept apart), the other ranks' alone."""
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        if stage_done and len(self.stages) > 1:
+        if state["stage_done"] and len(self.stages) > 1:
             weights = self.student.state_dict()
             if self.stage_uris[stage_idx]:
                 save_stage(self.stage_uris[stage_idx], weights)
             if self.stage_cache and stage_idx < len(self.stages) - 1:
                 history = [{k: v for k, v in h.items() if k != "stage_reused"} for h in self.history]
                 save_stage(self._prefix_uri(stage_idx), weights, history, replace=False)
-        tmp = Path(tempfile.mkdtemp(prefix="raykd-ckpt-"))
-        torch.save(self.student.state_dict(), tmp / STUDENT_FILE)
-        torch.save(
-            {
-                "stage": stage_idx,
-                "epoch_in_stage": epoch,
-                "global_epoch": global_epoch,
-                "iteration": it,
-                "stage_done": stage_done,
-                "distiller": distiller.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers],
-                "history": self.history,
-            },
-            tmp / TRAIN_STATE_FILE,
-        )
+        tmp = save_checkpoint(tempfile.mkdtemp(prefix="raykd-ckpt-"), self.student, state)
         ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         # Ray copied it into the run's storage; local mode (workers: 0) keeps no copy of its own.
         if self.spec.resources.workers > 0:
@@ -402,15 +326,12 @@ class Worker:
         return {**metrics, **{TIMELINE_PREFIX + k: v for k, v in self.marks.items()}}
 
     def _restore(self) -> dict[str, Any] | None:
+        """The train state of the run's last checkpoint (its student loaded), None for a fresh run."""
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            load_weights(self.student, Path(d) / STUDENT_FILE)
-            state = torch.load(Path(d) / TRAIN_STATE_FILE, map_location=self.device, weights_only=True)
-        if state.get("stage_done"):
-            state["stage"] += 1
-        return state
+            return load_checkpoint(d, self.student, self.device)
 
 
 def _quiet_ray_train() -> None:
@@ -428,4 +349,5 @@ def _quiet_ray_train() -> None:
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point (every worker); rank 0's return value is the run's outcome."""
     _quiet_ray_train()
-    return Worker(RunSpec.from_dict(config["spec"]), config.get("stages_dir"), config.get("stage_cache")).run()
+    spec = RunSpec.from_dict(config["spec"])
+    return Worker(spec, config.get("stages_dir"), config.get("stage_cache"), config.get("train_hooks")).run()

@@ -1,0 +1,21 @@
+"""Hook points in the training step, for code outside raykd (mmengine's hooks are the model).
+
+A run takes a list of ``TrainHook`` objects (``run_training``/``build_trainer``/``run_search``'s
+``train_hooks``) and every Ray Train worker calls them, in list order, at each point of every step.
+They reach the workers inside the train loop config, so they must be picklable (by reference from an
+importable module, or registered with ``ray.cloudpickle.register_pickle_by_value``). Production runs
+use none; the reliability tests inject faults through them (tests/faults.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TrainHook:
+    """Override the points you need; the defaults change nothing."""
+
+    def after_loss(self, iteration: int, rank: int, loss: torch.Tensor) -> torch.Tensor:
+        """Called on every rank once the step's loss is computed, before the divergence guard and
+        the backward pass. ``iteration`` counts from 0 in each stage. Returns the loss to use."""
+        return loss
