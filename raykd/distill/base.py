@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +34,13 @@ class KDStep:
     teacher_feats: Callable[[str], tuple[Tensor, ...]]  # teacher name -> neck outputs (no grad, cached)
     iteration: int
     max_iters: int
+    # The student's dense head (``bbox_head``; ``rpn_head`` of a two-stage detector) as the detection
+    # loss ran it this step, so that no method runs it again: the outputs of its forward (cls scores,
+    # box predictions[, centerness], each a per-level list) and what the method recorded of that run
+    # and its loss (``Distiller.watch_student_head``). None where the head did not run here (a test's
+    # step, ICD's decoder pre-training): a method then computes what it needs from ``student_feats``.
+    student_outs: tuple | None = None
+    student_record: dict[str, Any] | None = None
 
 
 @dataclass
@@ -125,6 +133,13 @@ class Distiller(Method, nn.Module):
     @abstractmethod
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         """Named losses (keys start with ``loss_``), already weighted."""
+
+    def watch_student_head(self) -> AbstractContextManager[dict[str, Any]]:
+        """The context in which the step runs the student's dense head forward and its detection
+        loss, once for both: what the method records there (intermediate head features through
+        hooks, the head's training targets) in the yielded dict reaches ``losses`` as
+        ``KDStep.student_record``. Default: nothing recorded."""
+        return nullcontext({})
 
     def on_stage_start(self, start: StageStart) -> None:
         """Work before the stage's first iteration, e.g. initialising the student from the teacher or

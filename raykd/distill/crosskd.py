@@ -32,6 +32,11 @@ tests/test_crosskd_parity.py); ``hold="pre_act"`` keeps the feature before the a
 code's structure (hold, then activate; ReLU again after the alignment) suggests was intended, and is
 what raykd computed before.
 
+In training the student's held features and the assigner's targets are those of the student head's
+one run for its detection loss (``watch_student_head``: hooks on the ``index``-th convs, the head's
+``get_targets`` result), not a second run of its convs and assigner; a step without that run (tests,
+other callers) computes them here, with the same values.
+
 The FCOS normaliser's 1e-6 floor is the official one: a step in which no rank has a single positive
 scales the dense KD losses by up to 1e6 (as in the official code).
 
@@ -42,8 +47,10 @@ so on the shapes demo (4 classes) the same weight acts up to 20× weaker at equa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -109,6 +116,17 @@ def _hold(convs: nn.ModuleList, x: Tensor, index: int, post_act: bool) -> Tensor
         x = conv(x)
     x = convs[index - 1](x, activate=False)
     return _activate(convs[index - 1], x) if post_act else x
+
+
+def _record_hold(conv: nn.Module, into: list, post_act: bool):
+    """Hook the branch's ``index``-th conv so that each of its calls (one per level, in the head's
+    own forward) appends the held feature ``_hold`` would compute to ``into``: the conv's output, or
+    with ``pre_act`` its activation's input (copied first when the activation works in place)."""
+    act = conv.activate if getattr(conv, "with_activation", False) else None
+    if post_act or act is None:
+        return conv.register_forward_hook(lambda _m, _args, out: into.append(out))
+    inplace = getattr(act, "inplace", False)
+    return act.register_forward_pre_hook(lambda _m, args: into.append(args[0].clone() if inplace else args[0]))
 
 
 def _activate(conv: nn.Module, x: Tensor) -> Tensor:
@@ -179,6 +197,10 @@ class CrossKD(Distiller):
                 f"{type(s_head).__name__}, teacher {teacher!r} has {type(t_head).__name__}"
             )
         self.spec = spec = _HEADS[kind]
+        # Whether the student head computes its training targets exactly as the supported head type
+        # does (no subclass override): then the detection loss's own get_targets call is reused.
+        base = next(k for k in type(s_head).__mro__ if k.__name__ == kind)
+        self._shared_targets = all(getattr(type(s_head), m) is getattr(base, m) for m in ("loss_by_feat", "get_targets"))
         _check_same_outputs(s_head, t_head, spec, teacher)
         self.index = _resolve_index(params.index, spec.index, s_head, t_head)
         if params.center_weight is not None and spec.centerness is None:
@@ -195,6 +217,50 @@ class CrossKD(Distiller):
         # Only when widths differ does the method own parameters: a 1x1 conv per branch.
         self.cls_adapter = nn.Conv2d(s_ch, t_ch, 1) if s_ch != t_ch else None
         self.reg_adapter = nn.Conv2d(s_ch, t_ch, 1) if s_ch != t_ch else None
+
+    # ---- the student head's one run -----------------------------------------------------------
+
+    @contextmanager
+    def watch_student_head(self) -> Iterator[dict[str, Any]]:
+        """Records what the losses need of the student head's forward and loss for the detection
+        loss: the held features of both branches (hooks on their ``index``-th convs) and the targets
+        the head's ``get_targets`` computes there, so that neither the student's convs nor its
+        assigner run twice."""
+        head, k, record = self.student.bbox_head, self.index, {}
+        handles = []
+        if k:
+            record["cls"], record["reg"] = [], []
+            handles = [_record_hold(head.cls_convs[k - 1], record["cls"], self.post_act),
+                       _record_hold(head.reg_convs[k - 1], record["reg"], self.post_act)]
+        shared = self._shared_targets and "get_targets" not in vars(head)  # never wrap a wrapper
+        if shared:
+            compute = head.get_targets
+
+            def get_targets(*args, **kwargs):
+                out = compute(*args, **kwargs)
+                record.setdefault("targets", out)
+                return out
+
+            head.get_targets = get_targets  # this instance only, for this step's loss
+        try:
+            yield record
+        finally:
+            for handle in handles:
+                handle.remove()
+            if shared:
+                del head.get_targets
+
+    def _student_holds(self, step: KDStep) -> list[tuple[Tensor, Tensor]]:
+        """Per level, the student's held (cls, reg) features: recorded in the head's run for the
+        detection loss when the step has them, else computed from the student's features."""
+        record, n = step.student_record or {}, len(step.student_feats)
+        if self.index == 0:
+            return [(s, s) for s in step.student_feats]
+        if len(record.get("cls", ())) == n and len(record.get("reg", ())) == n:
+            return list(zip(record["cls"], record["reg"], strict=True))
+        head, k = self.student.bbox_head, self.index
+        return [(_hold(head.cls_convs, s, k, self.post_act), _hold(head.reg_convs, s, k, self.post_act))
+                for s in step.student_feats]
 
     # ---- head pieces -------------------------------------------------------------------------
 
@@ -232,8 +298,9 @@ class CrossKD(Distiller):
             ctr = torch.cat([_flat(c, 1)[..., 0] for _, _, c in per_level], 1)
         return _Outputs(cls, reg, ctr)
 
-    def _targets(self, head: nn.Module, sizes: list, samples: list, device) -> _Targets:
-        """Label weights, positives and the normaliser from the student head's assigner."""
+    def _targets(self, head: nn.Module, sizes: list, samples: list, device, recorded: tuple | None = None) -> _Targets:
+        """Label weights, positives and the normaliser from the student head's assigner: from what
+        its ``get_targets`` returned in the detection loss (``recorded``), or computed here."""
         from mmdet.models.utils import unpack_gt_instances
 
         gts, ignores, metas = unpack_gt_instances(samples)
@@ -241,15 +308,19 @@ class CrossKD(Distiller):
         if self.spec.box == "iou":
             # FCOS (crosskd_fcos.py loss_by_feat): every point counts; A = max(reduce_mean(Σ centerness
             # targets of the positives), 1e-6).
-            points = head.prior_generator.grid_priors(sizes, device=device)
-            labels, boxes = head.get_targets(points, gts)
+            if recorded is None:
+                points = head.prior_generator.grid_priors(sizes, device=device)
+                recorded = head.get_targets(points, gts)
+            labels, boxes = recorded
             labels = torch.cat([lab.reshape(n, -1) for lab in labels], 1)
             boxes = torch.cat([b.reshape(n, -1, 4) for b in boxes], 1)
             pos = (labels >= 0) & (labels < head.num_classes)
             denorm = reduce_mean(head.centerness_target(boxes[pos]).sum().float())
             return _Targets(torch.ones_like(labels, dtype=torch.float32), pos, max(float(denorm), 1e-6))
-        anchors, flags = head.get_anchors(sizes, metas, device=device)
-        out = head.get_targets(anchors, flags, gts, metas, batch_gt_instances_ignore=ignores)
+        if recorded is None:
+            anchors, flags = head.get_anchors(sizes, metas, device=device)
+            recorded = head.get_targets(anchors, flags, gts, metas, batch_gt_instances_ignore=ignores)
+        out = recorded
         # AnchorHead returns (labels, label_weights, ..., avg_factor); ATSS/GFL put the anchors first.
         labels, label_weights, avg_factor = out[-5], out[-4], float(out[-1])
         if self.spec.reduce_avg_factor:  # atss/gfl loss_by_feat: reduce_mean(avg_factor), no clamp
@@ -293,16 +364,14 @@ class CrossKD(Distiller):
 
     def _predictions(self, step: KDStep) -> tuple[_Outputs, _Outputs]:
         """(cross-head, teacher) predictions over all levels."""
-        s_head, t_head, k = self.student.bbox_head, self.teacher.bbox_head, self.index
+        t_head, k = self.teacher.bbox_head, self.index
         cross, own = [], []
         t_feats = step.teacher_feats(self.teacher_name)
-        for level, (s, t) in enumerate(zip(step.student_feats, t_feats, strict=True)):
+        for level, ((s_cls, s_reg), t) in enumerate(zip(self._student_holds(step), t_feats, strict=True)):
             with torch.no_grad():
                 t_cls = _hold(t_head.cls_convs, t, k, self.post_act)
                 t_reg = _hold(t_head.reg_convs, t, k, self.post_act)
                 own.append(self._teacher_rest(t_cls, t_reg, level, cross=False))
-            s_cls = _hold(s_head.cls_convs, s, k, self.post_act)
-            s_reg = _hold(s_head.reg_convs, s, k, self.post_act)
             if self.cls_adapter is not None:
                 s_cls, s_reg = self.cls_adapter(s_cls), self.reg_adapter(s_reg)
             cross.append(self._teacher_rest(_align(s_cls, t_cls), _align(s_reg, t_reg), level, cross=True))
@@ -313,7 +382,8 @@ class CrossKD(Distiller):
         cross, teacher = self._predictions(step)
         sizes = [f.shape[-2:] for f in step.student_feats]
         with torch.no_grad():
-            targets = self._targets(s_head, sizes, step.data_samples, cross.cls.device)
+            recorded = (step.student_record or {}).get("targets")
+            targets = self._targets(s_head, sizes, step.data_samples, cross.cls.device, recorded)
             soft = teacher.cls.sigmoid()
             weight = soft.amax(-1) * (targets.label_weights > 0)  # per-prior box weight
         norm = targets.avg_factor + _REDUCE_EPS

@@ -25,6 +25,9 @@ and ``distill_warm_step=500``). One intentional difference: the BCE is computed 
 (``binary_cross_entropy_with_logits``) instead of on sigmoids, which is the same value except where
 the official ``log`` clamps at −100 (|logit| > ~100).
 
+In training the student's scores are those its head computed for the detection loss in the same
+step (``KDStep.student_outs``), as the official code reads ``bbox_head(x)[0]``: its head runs once.
+
 The default weights were tuned on COCO (256 FPN channels, 80 classes). Because both losses *sum*
 over channels and classes before dividing by Σ m, the same weight acts much weaker on the shapes
 demo (64 channels, 4 classes): about 4× weaker for ``L_feat`` and 20× for ``L_cls`` at equal
@@ -107,16 +110,26 @@ def richness_cls_level(s_logits: Tensor, t_logits: Tensor, mask: Tensor, norm: T
     return (bce * mask).sum() / norm
 
 
-def richness_cls_loss(student: nn.Module, teacher: nn.Module, s_feats, t_feats) -> Tensor:
+def student_logits(student: nn.Module, step: KDStep) -> list[Tensor]:
+    """The student's cls logits per level: those its dense head's forward computed for the detection
+    loss this step (its first output, as the official code reads ``bbox_head(x)[0]``), or, where
+    the step carries none, the cls branch run on ``step.student_feats``."""
+    if step.student_outs is not None:
+        return list(step.student_outs[0])
+    head, kind = _frs_head(student)
+    return [_HEADS[kind][0](head, s) for s in step.student_feats]
+
+
+def richness_cls_loss(student: nn.Module, teacher: nn.Module, step: KDStep, t_feats) -> Tensor:
     """FRS's ``L_cls`` summed over levels, unweighted and without the warm-up, for methods that
     combine it with other terms (the heads must have passed ``frs_heads``)."""
-    (s_head, s_kind), (t_head, t_kind) = _frs_head(student), _frs_head(teacher)
-    total = s_feats[0].new_zeros((), dtype=torch.float32)
-    for s, t in zip(s_feats, t_feats, strict=True):
+    t_head, t_kind = _frs_head(teacher)
+    total = step.student_feats[0].new_zeros((), dtype=torch.float32)
+    for s_logits, t in zip(student_logits(student, step), t_feats, strict=True):
         with torch.no_grad():
             t_logits = _HEADS[t_kind][0](t_head, t).float()
         mask, norm = richness_mask(t_logits)
-        total = total + richness_cls_level(_HEADS[s_kind][0](s_head, s).float(), t_logits, mask, norm)
+        total = total + richness_cls_level(s_logits.float(), t_logits, mask, norm)
     return total
 
 
@@ -143,7 +156,6 @@ class FRS(Distiller):
             )
         self.feat_weight = params.feat_weight if params.feat_weight is not None else defaults[0]
         self.cls_weight = params.cls_weight if params.cls_weight is not None else defaults[1]
-        self._s_logits = _HEADS[s_kind][0]
         self._t_logits = _HEADS[t_kind][0]
         self.adapters = nn.ModuleList(nn.Conv2d(s_ch, t_ch, 3, padding=1) for _ in range(levels))
 
@@ -158,14 +170,14 @@ class FRS(Distiller):
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         t_feats = step.teacher_feats(self.teacher_name)
-        s_head, _ = _frs_head(self.student)
         t_head, _ = _frs_head(self.teacher)
+        s_logits_per_level = student_logits(self.student, step)
         loss_feat = loss_cls = step.student_feats[0].new_zeros((), dtype=torch.float32)
-        for adapter, s, t in zip(self.adapters, step.student_feats, t_feats, strict=True):
+        for adapter, s, s_logits, t in zip(self.adapters, step.student_feats, s_logits_per_level, t_feats, strict=True):
             with torch.no_grad():
                 t_logits = self._t_logits(t_head, t).float()
             mask, norm = richness_mask(t_logits)
-            s_logits = self._s_logits(s_head, s).float()
+            s_logits = s_logits.float()
             diff = (t.float() - adapter(s).float()).pow(2)
             loss_feat = loss_feat + (diff * mask).sum() / norm
             loss_cls = loss_cls + richness_cls_level(s_logits, t_logits, mask, norm)

@@ -87,6 +87,10 @@ class Policy(Distiller):
             frs_heads(student, self.teacher, teacher)  # refuse heads FRS cannot read now, not mid-run
         self.crosskd = CrossKD(student, teachers, CrossKDParams(), teacher) if params.crosskd_weight > 0 else None
 
+    def watch_student_head(self):
+        """What the CrossKD term records of the student head's one run (nothing without it)."""
+        return self.crosskd.watch_student_head() if self.crosskd is not None else super().watch_student_head()
+
     def _feature_loss(self, s_feats, t_feats) -> Tensor:
         p = self.params
         terms = [
@@ -101,7 +105,7 @@ class Policy(Distiller):
         if self.levels:
             losses["loss_kd_policy_feat"] = self._feature_loss(step.student_feats, t_feats)
         if p.frs_weight > 0:
-            frs_cls = richness_cls_loss(self.student, self.teacher, step.student_feats, t_feats)
+            frs_cls = richness_cls_loss(self.student, self.teacher, step, t_feats)
             losses["loss_kd_policy_frs_cls"] = p.frs_weight * frs_cls
         if self.crosskd is not None:
             losses.update({k: p.crosskd_weight * v for k, v in self.crosskd.losses(step).items()})

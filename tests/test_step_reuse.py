@@ -1,0 +1,230 @@
+"""One training forward runs the student's backbone, neck and dense head once, for the detection loss
+and the distillation losses both, and the losses are exactly those computed the earlier way
+(``student.loss`` for the detection losses; each method on the student's features alone, rerunning
+the head pieces it reads: the path a step without head outputs still takes, which the parity tests
+check against the official code)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step, with_empty_images
+
+from raykd.distill import get_method
+from raykd.distill.base import method_names
+from raykd.distill.icd import _tokens, aux_losses, head_norm, imitation_loss, query_descriptors
+from raykd.models.builder import build_detector, freeze
+from raykd.train.model import DistillModel, detection_losses, student_step
+
+ITERATION = 600  # past FRS's warm-up
+
+
+def dense(kind, seed, **head):
+    torch.manual_seed(seed)
+    config = {
+        "atss": "mmdet::atss/atss_r50_fpn_1x_coco.py",
+        "fcos": "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
+    }[kind]
+    return build_detector(config, {"backbone": SCRATCH, "neck": NECK, "bbox_head": {**GN_HEAD, **head}})
+
+
+@pytest.fixture()
+def pairs(tiny_exp, student, teachers):
+    """head kind -> (student, {"t": frozen teacher of the same head type})."""
+    torch.manual_seed(5)
+    gfl_student = build(tiny_exp.teachers["gfl"])
+    torch.manual_seed(6)
+    two_stage = faster_rcnn()
+    torch.manual_seed(7)
+    return {
+        "retina": (student, {"t": teachers["big"]}),
+        "gfl": (gfl_student, {"t": teachers["gfl"]}),
+        "atss": (dense("atss", 8), {"t": freeze(dense("atss", 9))}),
+        "fcos": (dense("fcos", 10), {"t": freeze(dense("fcos", 11))}),
+        "fcos_norm": (
+            dense("fcos", 10, norm_on_bbox=True, centerness_on_reg=True),
+            {"t": freeze(dense("fcos", 11, norm_on_bbox=True, centerness_on_reg=True))},
+        ),
+        "faster_rcnn": (two_stage, {"t": freeze(faster_rcnn())}),
+    }
+
+
+def assert_equal_dicts(ours: dict, ref: dict) -> None:
+    assert set(ours) == set(ref)
+    for key, value in ref.items():
+        if isinstance(value, list):  # mmdet's per-level losses (Faster R-CNN's RPN)
+            assert all(torch.equal(a, b) for a, b in zip(ours[key], value, strict=True)), key
+        else:
+            assert torch.equal(ours[key], value), (key, ours[key], value)
+
+
+def assert_same_gradients(ours: torch.Tensor, ref: torch.Tensor, params: list) -> None:
+    """The same gradients up to float summation order (one graph through shared features sums the
+    losses' gradients before the backbone, two graphs after it)."""
+    g_ours = torch.autograd.grad(ours, params, allow_unused=True, retain_graph=True)
+    g_ref = torch.autograd.grad(ref, params, allow_unused=True, retain_graph=True)
+    assert [a is None for a in g_ours] == [b is None for b in g_ref]
+    scale = max(b.abs().max().item() for b in g_ref if b is not None)  # some are zero up to rounding
+    assert scale > 0
+    for a, b in zip(g_ours, g_ref, strict=True):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+# ---- the detection losses --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["retina", "gfl", "atss", "fcos", "faster_rcnn"])
+def test_detection_losses_equal_the_students_own_loss(kind, pairs, batch):
+    student, _ = pairs[kind]
+    batch = with_empty_images(batch, (1,))
+    torch.manual_seed(0)  # Faster R-CNN's RoI sampler draws at random
+    ref = student.loss(*batch)
+    torch.manual_seed(0)
+    ours, outs = detection_losses(student, student.extract_feat(batch[0]), batch[1])
+    assert_equal_dicts(ours, ref)
+    assert outs is not None and len(outs[0]) == len(student.extract_feat(batch[0]))
+
+
+def test_a_head_with_its_own_loss_runs_it_itself(pairs, batch, monkeypatch):
+    """A head that overrides ``loss`` keeps it; its outputs are then not shared."""
+    student, _ = pairs["retina"]
+    head = student.bbox_head
+    monkeypatch.setattr(type(head), "loss", lambda self, x, samples: {"loss_own": x[0].sum()})
+    losses, outs = detection_losses(student, student.extract_feat(batch[0]), batch[1])
+    assert set(losses) == {"loss_own"} and outs is None
+
+
+# ---- every method: the one-forward step gives the losses of the earlier computation ----------------
+
+
+def build_method(name, student, teachers, teacher, **params):
+    cls = get_method(name)
+    small = {"icd": {"hidden_dim": 32, "num_heads": 4}, "policy": {"frs_weight": 0.5, "crosskd_weight": 0.5}}
+    return cls(student, teachers, cls.Params(**{**small.get(name, {}), **params}), teacher if cls.uses_teacher else None)
+
+
+def loss_names():
+    return [n for n in method_names() if n != "mtpd"]  # MTPD's stages are MGD
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_the_training_forward_equals_student_loss_plus_the_methods_losses(name, student, teachers, batch):
+    """DistillModel's losses, in value and gradient, equal ``student.loss`` plus the method's losses
+    on a step that carries no head outputs (random draws replayed: MGD's masks, ICD's fakes)."""
+    method = build_method(name, student, teachers, "big")
+    model = DistillModel(student, method, teachers)
+    buffers = {k: b.clone() for k, b in method.named_buffers()}  # ICD's data statistics
+    torch.manual_seed(3)
+    ref = student.loss(*batch)
+    ref.update(method.losses(kd_step(student, teachers, batch, iteration=ITERATION, max_iters=2 * ITERATION)))
+    for k, b in method.named_buffers():
+        b.copy_(buffers[k])
+    torch.manual_seed(3)
+    ours = model(*batch, ITERATION, 2 * ITERATION)
+    assert_equal_dicts(ours, ref)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert_same_gradients(student.parse_losses(ours)[0], student.parse_losses(ref)[0], params)
+
+
+CASES = [
+    ("frs", "retina", {}), ("frs", "gfl", {}), ("frs", "fcos", {}), ("frs", "faster_rcnn", {}),
+    ("crosskd", "retina", {}), ("crosskd", "gfl", {}), ("crosskd", "atss", {}), ("crosskd", "fcos", {}),
+    ("crosskd", "fcos_norm", {}), ("crosskd", "gfl", {"hold": "pre_act"}), ("crosskd", "atss", {"hold": "pre_act"}),
+    ("crosskd", "fcos_norm", {"hold": "pre_act"}), ("crosskd", "atss", {"index": 0}), ("crosskd", "atss", {"index": 1}),
+    ("policy", "retina", {"transform": "channel_standardize"}), ("policy", "gfl", {"distance": "kl"}),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "params"), CASES, ids=[f"{n}-{k}-{'-'.join(map(str, p.values()))}" for n, k, p in CASES])
+def test_methods_reuse_the_detection_losses_head_run_with_equal_losses(name, kind, params, pairs, batch):
+    """The step's head outputs, held features and targets replace the method's own rerun of the
+    student head and assigner: same values, same gradients, and the head runs once per level."""
+    student, teachers = pairs[kind]
+    batch = with_empty_images(batch, (2,))
+    method = build_method(name, student, teachers, "t", **params)
+    ref = method.losses(kd_step(student, teachers, batch, iteration=ITERATION, max_iters=2 * ITERATION))
+
+    head = student.bbox_head if hasattr(student, "bbox_head") else student.rpn_head
+    first_conv = head.cls_convs[0] if hasattr(head, "cls_convs") else head.rpn_conv
+    calls = []
+    hook = first_conv.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        torch.manual_seed(0)
+        detection, step = student_step(student, method, teachers, *batch, ITERATION, 2 * ITERATION)
+        ours = method.losses(step)
+    finally:
+        hook.remove()
+    assert len(calls) == len(step.student_feats)  # the detection loss's run, nothing more
+    assert "get_targets" not in vars(head) and not first_conv._forward_hooks  # nothing left behind
+    if name != "frs":  # CrossKD (alone or in a policy) recorded its targets in the detection loss
+        assert "targets" in step.student_record
+    assert_equal_dicts(ours, ref)
+    assert_same_gradients(sum(ours.values()), sum(ref.values()), [p for p in student.parameters() if p.requires_grad])
+
+
+# ---- ICD: the decoder runs the actual queries only, not the padding -----------------------------------
+
+
+def unpacked_icd_losses(method, step):
+    """ICD's losses as computed before the queries were packed: every image padded to the batch's
+    largest query count through the whole decoder, key positions recomputed."""
+    from raykd.distill.icd import grid_positions, unpadded_masks
+
+    t_feats = step.teacher_feats(method.teacher_name)
+    masks = unpadded_masks(t_feats, step.data_samples, tuple(step.inputs.shape[-2:]))
+    pos = torch.cat([grid_positions(m, method.params.hidden_dim) for m in masks], 1)
+    valid = torch.cat([m.flatten(1) for m in masks], 1)
+    tokens = _tokens(t_feats)
+    inst = method._instances(step.data_samples, step.inputs.device)
+    x = method.query_mlp(query_descriptors(inst, method.num_classes))
+    outputs, logits, values = [], [], []
+    for layer in method.layers:
+        x, layer_logits, layer_values = layer(x, tokens, pos, valid)
+        outputs.append(x)
+        logits.append(layer_logits)
+        values.append(layer_values)
+    loss_cls, loss_reg = aux_losses(method.aux_head(torch.stack(outputs)), inst)
+    s_tokens = _tokens(step.student_feats)
+    heads = method.params.num_heads
+    v_student = torch.stack([proj(s_tokens).unflatten(-1, (heads, -1)) for proj in method.student_values])
+    kd = imitation_loss(torch.stack(logits).detach(), head_norm(v_student), head_norm(torch.stack(values).detach()), inst.real)
+    return {"loss_icd_aux_cls": loss_cls, "loss_icd_aux_reg": loss_reg, "loss_kd_icd": method.lambda_ * kd}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_icd_packed_queries_give_the_padded_decoders_losses(layers, student, teachers, batch):
+    samples = [copy.deepcopy(s) for s in batch[1]]
+    samples[1].gt_instances = samples[1].gt_instances[:0]  # uneven query counts: padding to skip
+    batch = (batch[0], samples)
+    method = build_method("icd", student, teachers, "big", num_layers=layers)
+    step = kd_step(student, teachers, batch)
+    buffers = {k: b.clone() for k, b in method.named_buffers()}
+    torch.manual_seed(4)
+    ref = unpacked_icd_losses(method, step)
+    for k, b in method.named_buffers():
+        b.copy_(buffers[k])
+    torch.manual_seed(4)
+    dec = method.decode(step)
+    assert dec.outputs.shape[1] == int(dec.inst.valid.sum()) < dec.inst.valid.numel()
+    for k, b in method.named_buffers():
+        b.copy_(buffers[k])
+    torch.manual_seed(4)
+    ours = method.losses(step)
+    assert_equal_dicts(ours, ref)
+    assert_same_gradients(sum(ours.values()), sum(ref.values()), [p for p in method.parameters() if p.requires_grad])
+
+
+def test_icd_keeps_key_positions_per_image_sizes(student, teachers, batch):
+    method = build_method("icd", student, teachers, "big")
+    step = kd_step(student, teachers, batch)
+    t_feats, hw = step.teacher_feats("big"), tuple(batch[0].shape[-2:])
+    pos, valid = method._key_positions(t_feats, batch[1], hw)
+    assert method._key_positions(t_feats, batch[1], hw)[0] is pos  # kept
+    smaller = [copy.deepcopy(s) for s in batch[1]]
+    h, w = smaller[0].metainfo["img_shape"][:2]
+    smaller[0].set_metainfo({"img_shape": (h // 2, w)})
+    pos2, valid2 = method._key_positions(t_feats, smaller, hw)
+    assert pos2 is not pos and valid2[0].sum() < valid[0].sum() and torch.equal(valid2[1:], valid[1:])
