@@ -165,12 +165,13 @@ def test_methods_reuse_the_detection_losses_head_run_with_equal_losses(name, kin
     assert_same_gradients(sum(ours.values()), sum(ref.values()), [p for p in student.parameters() if p.requires_grad])
 
 
-# ---- ICD: the decoder runs the actual queries only, not the padding -----------------------------------
+# ---- ICD: key positions kept, not recomputed each step --------------------------------------------
+# (Running only the actual queries through the decoder, not the padding, was tried: same losses, but
+# gradients equal only up to summation order, which would change every ICD run's numbers. Not kept.)
 
 
-def unpacked_icd_losses(method, step):
-    """ICD's losses as computed before the queries were packed: every image padded to the batch's
-    largest query count through the whole decoder, key positions recomputed."""
+def recomputed_icd_losses(method, step):
+    """ICD's losses with the key positions recomputed (the step before they were kept)."""
     from raykd.distill.icd import grid_positions, unpadded_masks
 
     t_feats = step.teacher_feats(method.teacher_name)
@@ -195,20 +196,15 @@ def unpacked_icd_losses(method, step):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_icd_packed_queries_give_the_padded_decoders_losses(layers, student, teachers, batch):
+def test_icd_with_kept_positions_gives_the_same_losses(layers, student, teachers, batch):
     samples = [copy.deepcopy(s) for s in batch[1]]
-    samples[1].gt_instances = samples[1].gt_instances[:0]  # uneven query counts: padding to skip
+    samples[1].gt_instances = samples[1].gt_instances[:0]  # uneven query counts: padded queries
     batch = (batch[0], samples)
     method = build_method("icd", student, teachers, "big", num_layers=layers)
     step = kd_step(student, teachers, batch)
     buffers = {k: b.clone() for k, b in method.named_buffers()}
     torch.manual_seed(4)
-    ref = unpacked_icd_losses(method, step)
-    for k, b in method.named_buffers():
-        b.copy_(buffers[k])
-    torch.manual_seed(4)
-    dec = method.decode(step)
-    assert dec.outputs.shape[1] == int(dec.inst.valid.sum()) < dec.inst.valid.numel()
+    ref = recomputed_icd_losses(method, step)
     for k, b in method.named_buffers():
         b.copy_(buffers[k])
     torch.manual_seed(4)

@@ -209,25 +209,14 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, tokens: Tensor, pos: Tensor, valid: Tensor, queries: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, tokens: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, K, D), tokens (B, S, C), pos (B, S, D), valid (B, S) -> x, logits (B, heads, K, S),
-        values (B, S, heads, D/heads). Positions go on keys only (DECODER_POSEMB_ON_V False).
-
-        With ``queries`` (B, K), True on the images' actual queries, ``x`` holds only those, packed
-        (Q, D) in (image, query) order, and so does the returned ``x``: the per-query layers (query
-        projection, output projection, norms, FFN) skip the padding of images with fewer queries.
-        The logits stay (B, heads, K, S), a padding query's row being that of a zero query."""
-        q = self.q(x)
-        if queries is not None:
-            packed, q = q, q.new_zeros(*queries.shape, q.shape[-1])
-            q[queries] = packed
-        q = q.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        values (B, S, heads, D/heads). Positions go on keys only (DECODER_POSEMB_ON_V False)."""
+        q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         k = self.k(tokens + self.pos_proj(pos)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         values = self.v(tokens).unflatten(-1, (self.heads, -1))
         logits = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~valid[:, None, None], float("-inf"))
         attended = (logits.softmax(-1) @ values.transpose(1, 2)).transpose(1, 2).flatten(2)
-        if queries is not None:
-            attended = attended[queries]
         x = self.norm1(x + self.out(attended))
         return self.norm2(x + self.ffn(x)), logits, values
 
@@ -235,7 +224,7 @@ class DecoderLayer(nn.Module):
 @dataclass
 class Decoded:
     inst: Instances
-    outputs: Tensor  # (L, Q, D): the Q actual (not padding) queries, in (image, query) order
+    outputs: Tensor  # (L, B, K, D)
     logits: Tensor  # (L, B, heads, K, S)
     values: Tensor  # (L, B, S, heads, d) teacher values
 
@@ -348,12 +337,10 @@ class ICD(Distiller):
         pos, valid = self._key_positions(t_feats, step.data_samples, tuple(step.inputs.shape[-2:]))
         tokens = _tokens(t_feats)
         inst = self._instances(step.data_samples, step.inputs.device)
-        # Only the images' actual queries go through the per-query layers, not the padding up to the
-        # batch's largest count (which adds nothing to any loss).
-        x = self.query_mlp(query_descriptors(inst, self.num_classes)[inst.valid])
+        x = self.query_mlp(query_descriptors(inst, self.num_classes))
         outputs, logits, values = [], [], []
         for layer in self.layers:
-            x, layer_logits, layer_values = layer(x, tokens, pos, valid, inst.valid)
+            x, layer_logits, layer_values = layer(x, tokens, pos, valid)
             outputs.append(x)
             logits.append(layer_logits)
             values.append(layer_values)
@@ -362,10 +349,7 @@ class ICD(Distiller):
     # ---- losses ---------------------------------------------------------------------------------
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         dec = self.decode(step)
-        packed = self.aux_head(dec.outputs)  # (L, Q, 5) -> (L, B, K, 5), zero on the padding
-        pred = packed.new_zeros(packed.shape[0], *dec.inst.valid.shape, packed.shape[-1])
-        pred[:, dec.inst.valid] = packed
-        loss_cls, loss_reg = aux_losses(pred, dec.inst)
+        loss_cls, loss_reg = aux_losses(self.aux_head(dec.outputs), dec.inst)
         s_tokens = _tokens(step.student_feats)
         v_student = torch.stack([proj(s_tokens).unflatten(-1, (self.params.num_heads, -1)) for proj in self.student_values])
         with torch.autocast(step.inputs.device.type, enabled=False):  # a half-precision sum over S is coarse
