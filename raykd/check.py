@@ -21,7 +21,12 @@ from torch import nn
 
 from raykd.config.experiment import Experiment, Resources, Schedule
 from raykd.config.run import DataSubset
+from raykd.data.loaders import build_datasets, build_loader
+from raykd.data.subsets import subset_size
 from raykd.errors import ConfigError
+from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
+from raykd.train.stages import stage_iters
+from raykd.train.teachers import teacher_checkpoint
 
 TIMED_STEPS = 3  # after one untimed warm-up step; the median is reported
 
@@ -57,8 +62,6 @@ def print_check(exp: Experiment, resources: Resources, plan: SearchPlan) -> None
 
 def check_experiment(exp: Experiment, resources: Resources, plan: SearchPlan) -> list[str]:
     """Run every check; the report's lines."""
-    from raykd.models.builder import quiet_mmengine
-
     quiet_mmengine()
     torch.manual_seed(exp.seed)
     device = _device(resources)
@@ -86,8 +89,6 @@ def check_experiment(exp: Experiment, resources: Resources, plan: SearchPlan) ->
 
 
 def _check_data(exp: Experiment, per_worker: int):
-    from raykd.data.loaders import build_datasets, build_loader
-
     key = "dataset"
     with failing_as(exp.source, key, "building the datasets"):
         data = build_datasets(exp)
@@ -106,15 +107,10 @@ def _check_data(exp: Experiment, per_worker: int):
 
 
 def _build(exp: Experiment, key: str, config: str, overrides: dict) -> nn.Module:
-    from raykd.models.builder import build_detector
-
     return build_detector(config, overrides, exp.source, key)
 
 
 def _teacher(exp: Experiment, name: str, classes) -> tuple[nn.Module, str]:
-    from raykd.models.builder import freeze, load_weights
-    from raykd.train.teachers import teacher_checkpoint
-
     spec = exp.teachers[name]
     model = _build(exp, f"teachers.{name}", spec.config, spec.overrides)
     ckpt = teacher_checkpoint(exp, name)
@@ -169,9 +165,6 @@ def _sync() -> None:
 def _compute(exp: Experiment, resources: Resources, plan: SearchPlan, n_train: int, kd_step: float,
              device: str) -> list[str]:
     """Device-hours of the training steps: iterations × (student step + slowest teacher forward) × workers."""
-    from raykd.data.subsets import subset_size
-    from raykd.train.stages import stage_iters
-
     workers = max(resources.workers, 1)
 
     def hours(iters: int) -> float:

@@ -1,11 +1,16 @@
 """raykd's packages import each other in one direction only: no circle between them, counting the
-imports made inside functions too (those hide a circle, they do not remove it)."""
+imports made inside functions too (those hide a circle, they do not remove it); and importing a
+CLI module leaves the heavy stacks to the functions that need them."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
 
 RAYKD = Path(__file__).parents[1] / "raykd"
 
@@ -60,3 +65,20 @@ def test_raykd_packages_import_in_one_direction():
     edges = package_edges()
     assert "raykd.config" in edges and "raykd.train" in edges  # the walk saw the tree
     assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
+
+
+# What importing a CLI module must not load: the heavy stacks its functions import once they are
+# needed, so that `--help` and a bad command line exit without them (raykd.tune: before anything
+# but argument parsing; raykd.run and raykd.final: before their inputs are checked).
+KEPT_OUT = {
+    "raykd.tune": ("torch", "mmengine", "mmcv", "mmdet", "optuna", "ray", "mlflow"),
+    "raykd.run": ("mmengine", "mmcv", "mmdet", "ray", "mlflow"),
+    "raykd.final": ("mmengine", "mmcv", "mmdet", "ray", "mlflow", "scipy"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(KEPT_OUT))
+def test_cli_modules_leave_the_heavy_stacks_to_their_functions(module):
+    code = f"import sys, {module}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert not set(loaded) & set(KEPT_OUT[module]), f"importing {module} loads {sorted(set(loaded) & set(KEPT_OUT[module]))}"

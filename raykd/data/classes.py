@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raykd.data.shapes import CLASSES
 from raykd.errors import ConfigError
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -142,8 +143,6 @@ def file_class_map(ann_file: str | Path, classes: Sequence[str] | None = None, s
 
 def shapes_class_map(classes: Sequence[str] | None, source: str) -> ClassMap:
     """The embedded set's classes without generating it (its files list ids 1..4 in this order)."""
-    from raykd.data.shapes import CLASSES
-
     cats = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
     names = label_order(cats, classes, source, "classes")
     return ClassMap(names, tuple(CLASSES.index(n) + 1 for n in names))

@@ -12,6 +12,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from raykd.config.experiment import CocoData, Experiment, ShapesData
 from raykd.data.classes import ClassMap, annotation_categories, file_class_map, shapes_class_map, split_map
 from raykd.data.pipelines import experiment_pipelines, shapes_pipeline
+from raykd.data.shapes import ensure_shapes
+from raykd.data.subsets import TRAIN_STREAM, VAL_STREAM, keep_images, subset_size
+from raykd.eval.coco import silenced
+from raykd.models.builder import register_mmdet
 
 DEFAULT_IMAGE_SCALE = (1333, 800)  # mmdet's COCO scale; what a registered model resizes to without one
 
@@ -32,8 +36,6 @@ class DataPaths:
 def resolve_data(ds: ShapesData | CocoData) -> DataPaths:
     """Paths of a dataset spec; the shapes set is generated (once, cached) on first use."""
     if isinstance(ds, ShapesData):
-        from raykd.data.shapes import ensure_shapes
-
         root = ensure_shapes(ds)
         return DataPaths(
             train=SplitPaths(root / "annotations" / "instances_train.json", root / "train"),
@@ -66,6 +68,9 @@ def dataset_class_maps(exp: Experiment, paths: DataPaths) -> tuple[ClassMap, Cla
             split_map(paths.val.ann_file, names, exp.source, "dataset.val_ann"))
 
 
+# mmdet and mmengine are imported in the functions that build datasets and loaders: raykd.load imports
+# this module (class names are checked on loading); mmdet.datasets alone costs about 1.2 s on top of
+# torch (see raykd.models.builder).
 def _coco_api(names: Sequence[str]):
     """mmdet's COCO wrapper, except that category ids come back in the order of the names asked for:
     ``CocoDataset`` numbers labels by ``get_cat_ids`` order, which pycocotools takes from the JSON's list."""
@@ -86,16 +91,12 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
     through ``pipeline`` (default: the shapes set's fixed pipeline at ``image_scale``)."""
     from mmdet.datasets import CocoDataset
 
-    from raykd.models.builder import register_mmdet
-
     register_mmdet()
     cmap = classes if isinstance(classes, ClassMap) else split_map(split.ann_file, tuple(classes))
     annotation_categories(split.ann_file)  # a malformed file fails here with one line, not deep in pycocotools
 
     if pipeline is None:
         pipeline = shapes_pipeline(image_scale, train)
-    from raykd.eval.coco import silenced
-
     dataset_cls = type("RaykdCocoDataset", (CocoDataset,), {"COCOAPI": _coco_api(cmap.names)})
     with silenced():  # pycocotools prints while indexing
         ds = dataset_cls(
@@ -138,8 +139,6 @@ class Datasets:
 def build_datasets(exp: Experiment, subset=None) -> Datasets:
     """The experiment's datasets through its pipelines; ``subset`` (a ``DataSubset``) keeps a seeded
     fraction of the train images and a seeded number of val images."""
-    from raykd.data.subsets import TRAIN_STREAM, VAL_STREAM, keep_images, subset_size
-
     paths = resolve_data(exp.dataset)
     train_map, val_map = dataset_class_maps(exp, paths)
     train_pipe, test_pipe = experiment_pipelines(exp) if isinstance(exp.dataset, CocoData) else (None, None)

@@ -11,6 +11,7 @@ from typing import Any
 
 from raykd.config.experiment import CocoData, Experiment, Resources, ShapesData
 from raykd.errors import ConfigError
+from raykd.models.builder import load_config, register_mmdet
 
 # The shapes set's pack step; it names exactly the metadata evaluation and flipping read.
 SHAPES_META_KEYS = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")
@@ -41,8 +42,6 @@ def _pipeline(exp: Experiment, given: list[dict[str, Any]] | None, name: str) ->
     if given is not None:
         check_transforms(given, exp.source, f"dataset.{name}")
         return [dict(t) for t in given]
-    from raykd.models.builder import load_config
-
     found = load_config(exp.student.config).get(name)
     if not isinstance(found, list):
         raise ConfigError(exp.source, "student.config", f"{exp.student.config} has no {name}: give dataset.{name}")
@@ -54,9 +53,7 @@ def _pipeline(exp: Experiment, given: list[dict[str, Any]] | None, name: str) ->
 
 def check_transforms(pipeline: list[Any], source: str, key: str) -> None:
     """Every step is a mapping whose ``type`` is a transform registered in mmdet (or mmcv)."""
-    from mmdet.registry import TRANSFORMS
-
-    from raykd.models.builder import register_mmdet
+    from mmdet.registry import TRANSFORMS  # mmdet only inside functions: see raykd.models.builder
 
     register_mmdet()
     if not pipeline:

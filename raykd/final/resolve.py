@@ -29,6 +29,7 @@ from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
 from raykd.errors import ConfigError, from_validation_error
 from raykd.load import load_experiment, validate_method
+from raykd.models.builder import build_detector, load_weights
 from raykd.search.layout import BEST_FILE, SEARCH_STATE_FILE, TRIALS_FILE
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
 from raykd.train.layout import STUDENT_FILE
@@ -154,6 +155,8 @@ def _from_run(run_id: str, trial_id: str | None, uri: str) -> Promotion:
 
 
 def _get_run(tracker, run_id: str, uri: str):
+    # mlflow is imported only where an MLflow store is read (as in raykd.tracking.store): a bad input, and
+    # a results directory or best.yaml whose best trial is promoted, need none of its ~1 s.
     from mlflow.exceptions import MlflowException
 
     try:
@@ -275,8 +278,6 @@ def build_spec(
 
 def check_checkpoint(exp: Experiment, path: Path, source: str) -> None:
     """Fail now, with one line, if ``path`` cannot initialise this experiment's student."""
-    from raykd.models.builder import build_detector, load_weights
-
     if not path.is_file():
         raise ConfigError(source, "", f"checkpoint not found: {path}")
     model = build_detector(exp.student.config, exp.student.overrides, exp.source, "student")

@@ -11,8 +11,11 @@ from typing import Any
 
 import yaml
 
+from raykd.config import MethodSpec
 from raykd.errors import ConfigError, Diverged
+from raykd.eval.coco import METRIC_NAMES
 from raykd.files import write_json_atomic
+from raykd.report import metrics_table, stage_rows
 from raykd.tracking.store import (
     METHOD_TAG,
     REGISTERED_MODEL_TAG,
@@ -22,6 +25,7 @@ from raykd.tracking.store import (
     VALIDATION_RUN_TAG,
 )
 from raykd.train.layout import STUDENT_FILE
+from raykd.train.stages import stage_teachers
 
 
 class FinalStatus(StrEnum):
@@ -109,12 +113,10 @@ def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: st
 
 def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False) -> dict[str, Any]:
     """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone."""
-    from raykd.config import MethodSpec
-    from raykd.eval.coco import METRIC_NAMES
-    from raykd.report import metrics_table, stage_rows
+    # MLflow's model registry and Ray Train load here, when a run starts: importing them with this
+    # module would cost raykd.final's every start, and a bad input's exit, about 1.7 s more.
     from raykd.tracking.registry import register_student, registered_name
     from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
-    from raykd.train.stages import stage_teachers
 
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
     teachers = stage_teachers(spec)

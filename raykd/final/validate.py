@@ -22,6 +22,7 @@ import yaml
 
 from raykd.config.run import MethodSpec, RunSpec
 from raykd.config.trial import TrialConfig
+from raykd.distill.base import get_method
 from raykd.errors import ConfigError
 from raykd.final.resolve import Promotion, build_spec
 from raykd.search.layout import TRIALS_FILE
@@ -84,8 +85,6 @@ def default_method(method: MethodSpec) -> MethodSpec:
 
 
 def required_params(name: str) -> set[str]:
-    from raykd.distill.base import get_method
-
     return {k for k, f in get_method(name).Params.model_fields.items() if f.is_required()}
 
 
@@ -157,6 +156,7 @@ def paired(a: dict[str, Any], b: dict[str, Any] | None, seeds: list[int]) -> dic
            "std_diff": statistics.stdev(diffs) if len(diffs) > 1 else None,
            "wins": sum(d > 0 for d in diffs), "t": None, "p_value": None}
     if len(diffs) > 1 and out["std_diff"]:
+        # scipy (about 0.6 s to import) is needed by a validation's table only, not by every raykd.final start.
         from scipy import stats
 
         t = stats.ttest_rel([a["per_seed"][s] for s in common], [b["per_seed"][s] for s in common])

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from raykd.config.run import RunSpec
@@ -34,8 +35,6 @@ def validation_run(config: dict[str, Any], specs: dict[str, dict[str, Any]], sto
 
 def concurrent_runs(spec: RunSpec) -> int:
     """As many runs at once as the cluster's CPUs (and GPUs) hold, at least one."""
-    import ray
-
     res, total = spec.resources, ray.cluster_resources()
     workers = max(res.workers, 1)  # local mode (0 workers) trains in the trial's own process
     fits = int(total.get("CPU", 0) // (workers * res.cpus_per_worker)) if res.cpus_per_worker else 1_000

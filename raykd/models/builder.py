@@ -1,10 +1,19 @@
-"""Build mmdet 3.x detectors from ``mmdet::`` names or config paths plus overrides."""
+"""Build mmdet 3.x detectors from ``mmdet::`` names or config paths plus overrides.
+
+mmdet and mmengine are imported only inside functions, here and in ``raykd.data`` and ``raykd.models``:
+``raykd.load`` imports this module, so every CLI does before it reads its input. mmengine would add
+about 0.1 s to a CLI's start (and to a bad input's exit), and ``register_mmdet()`` takes about 2.3 s
+(all of mmdet's models and datasets); a missing mmdet also stays ``mmdet_config_dir``'s one-line
+error rather than an ImportError.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,13 +23,19 @@ from torch import nn
 
 from raykd.config.yamlio import deep_merge
 from raykd.errors import ConfigError
+from raykd.models.checkpoints import (
+    allowed_globals,
+    class_permutation,
+    recorded_classes,
+    remap_state,
+    safe_load,
+    state_dict_of,
+)
 
 MMDET_PREFIX = "mmdet::"
 
 
 def mmdet_config_dir() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("mmdet")
     if spec is None or spec.origin is None:
         raise ConfigError("", "", "mmdet is not installed (run `make install`)")
@@ -42,8 +57,6 @@ def check_config_exists(config: str, source: str, key: str) -> None:
 
 def quiet_mmengine() -> None:
     """mmengine logs every parameter's init and a banner per build; keep warnings only."""
-    import warnings
-
     from mmengine.logging import MMLogger
 
     logger = MMLogger.get_instance("mmengine")  # extra arguments warn once the instance exists
@@ -160,8 +173,6 @@ def build_detector(config: str, overrides: dict[str, Any], source: str = "", key
     from mmdet.registry import MODELS
     from mmengine.config import ConfigDict
 
-    from raykd.models.checkpoints import allowed_globals
-
     cfg = ConfigDict(resolve_pretrained(model_cfg(config, overrides), source, key))  # mmdet reads cfgs by attribute
     try:
         model = MODELS.build(cfg)
@@ -177,8 +188,6 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "", key: str 
                  classes: Sequence[str] | None = None) -> None:
     """Load a raykd, mmengine or mmdet 2.x checkpoint safely; with ``classes`` (the experiment's label
     order) a checkpoint that records its own is remapped to that order, or refused."""
-    from raykd.models.checkpoints import safe_load, state_dict_of
-
     ckpt = safe_load(path, source, key)
     state = state_dict_of(ckpt, path, source, key)
     if classes is not None:
@@ -201,8 +210,6 @@ def load_weights(model: nn.Module, path: str | Path, source: str = "", key: str 
 
 
 def _to_label_order(model, ckpt, state, classes, path, source: str, key: str) -> dict:
-    from raykd.models.checkpoints import class_permutation, recorded_classes, remap_state
-
     recorded = recorded_classes(ckpt)
     perm = class_permutation(recorded, classes, path, source, key) if recorded is not None else None
     if perm is None:

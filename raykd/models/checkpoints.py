@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raykd.errors import ConfigError
@@ -29,8 +30,7 @@ def allowed_globals() -> list:
     arrays, dtypes and scalars (under numpy 2's module names and numpy 1's, which older files use),
     and the ``getattr(HistoryBuffer, 'mean')``-style references to its statistics methods, which
     HistoryBuffer keeps in its state. ``getattr`` itself is not allowed: that would reach anything."""
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
+    from mmengine.logging.history_buffer import HistoryBuffer  # mmengine inside functions: see models.builder
 
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     # Unpickling a dtype BUILDs an instance of its class (numpy.dtypes.Float64DType...): the numeric ones.

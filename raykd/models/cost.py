@@ -48,7 +48,7 @@ class TensorForward(nn.Module):
 
     def __init__(self, detector: nn.Module, shape: tuple[int, int]):
         super().__init__()
-        from mmdet.structures import DetDataSample
+        from mmdet.structures import DetDataSample  # mmdet, mmengine inside functions: see models.builder
 
         self.detector = detector
         meta = {"img_shape": shape, "ori_shape": shape, "pad_shape": shape, "batch_input_shape": shape,

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import Choice, SearchSpace
 from raykd.tracking.store import flatten
 
@@ -36,8 +37,6 @@ def shown(value: Any) -> str:
 def trial_label(space: SearchSpace, config: dict[str, Any]) -> str:
     """``feature λ=18.6``: the method and the values searched for it (fixed values are the same on
     every trial, so they tell trials apart no better than the trial id)."""
-    from raykd.spaces.sampling import trial_method, trial_student
-
     method = trial_method(space, config)
     values = flatten(method.params)
     parts = [method.name]

@@ -76,6 +76,8 @@ def save_front(results_dir: Path, objectives: list[Objective], candidates: list[
 
 def plot_front(path: Path, objectives: list[Objective], candidates: list[Candidate], on_front: list[Candidate]) -> None:
     """Every finished trial in grey, the front in red and labelled; one panel per objective pair."""
+    # Imported at the first plot: choosing the Agg backend on import would choose it for any program that
+    # imports raykd.search (a notebook too), and a single-objective search never needs matplotlib (0.4 s).
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a search driver

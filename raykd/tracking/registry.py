@@ -13,12 +13,26 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import torch
 import yaml
+from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking import MlflowClient
+from mmcv.transforms import Compose
+from mmengine.dataset import pseudo_collate
 from pydantic import BaseModel
+
+from raykd.data.loaders import dataset_class_maps, resolve_data
+from raykd.errors import ConfigError
+from raykd.models.builder import build_detector, load_weights
 
 STUDENT_ARTIFACT = "student"
 SPEC_ARTIFACT = "model_spec"
@@ -55,8 +69,6 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from raykd.models.builder import build_detector, load_weights
-
         spec_path = context.artifacts[SPEC_ARTIFACT]
         self.spec = yaml.safe_load(Path(spec_path).read_text())
         self.detector = build_detector(self.spec["config"], self.spec.get("overrides") or {}, spec_path, "config")
@@ -66,8 +78,6 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
     def _transforms(self):
         if self._pipeline is None:
-            from mmcv.transforms import Compose
-
             scale = tuple(self.spec.get("image_scale") or (1333, 800))
             self._pipeline = Compose([
                 dict(type="LoadImageFromFile"),
@@ -77,9 +87,6 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         return self._pipeline
 
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[Detection]:
-        import torch
-        from mmengine.dataset import pseudo_collate
-
         paths = [str(p) for p in model_input]
         batch_size = int((params or {}).get("batch_size", 4))
         cat_ids = self.spec.get("cat_ids") or []
@@ -106,8 +113,6 @@ def registered_name(exp) -> str:
 def model_spec(exp) -> dict[str, Any]:
     """What rebuilds the student: its mmdet config and overrides, plus the data's input size and
     category ids (for ``predict``)."""
-    from raykd.data.loaders import dataset_class_maps, resolve_data
-
     paths = resolve_data(exp.dataset)
     _, val_map = dataset_class_maps(exp, paths)  # the label order the student was trained with
     return {
@@ -120,13 +125,11 @@ def model_spec(exp) -> dict[str, Any]:
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     reqs = []
     for pkg in ("raykd", "torch", "mmcv", "mmengine", "mmdet", "mlflow", "pyyaml", "pydantic"):
         try:
-            reqs.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
+            reqs.append(f"{pkg}=={metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
             reqs.append(pkg)
     return reqs
 
@@ -143,12 +146,6 @@ def register_student(
 ):
     """Log the student as a pyfunc model of ``run_id`` and register it as a new version of
     ``registered_name(exp)``. Returns the ``ModelVersion``; its tags hold the AP figures."""
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     run = client.get_run(run_id)
     name = registered_name(exp)
@@ -192,12 +189,6 @@ def register_student(
 
 def load_registered_model(tracking_uri: str, name: str, version: str | int) -> DetectorModel:
     """The registered pyfunc's Python model (``.detector``, ``.spec``, ``.predict``)."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from raykd.errors import ConfigError
-
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     # Resolved through this client: a ``models:/name/version`` URI would go through the global URI.
     try:

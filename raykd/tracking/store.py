@@ -1,10 +1,15 @@
 """A thin layer over MlflowClient: the tracking URI is always explicit, artifacts go next to a
-sqlite store (not into whatever the current directory is), secrets never become params."""
+sqlite store (not into whatever the current directory is), secrets never become params.
+
+mlflow is imported inside the methods that talk to a store: the CLIs import this module for its tag
+names, and mlflow would add about 1 s to their start (and to a bad input's exit) before any store is
+opened."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +140,6 @@ class Tracker:
             self.client.log_batch(run_id, params=new[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

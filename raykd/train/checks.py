@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from raykd.config.experiment import Experiment
+from raykd.config.experiment import Experiment, Schedule
+from raykd.config.run import MethodSpec
+from raykd.distill.base import get_distiller, plan
 from raykd.errors import ConfigError
+from raykd.models.builder import build_detector, freeze
 
 
 def check_pairings(exp: Experiment, pairs: list[tuple[str, dict, str | None]], source: str, key: str) -> None:
     """Build the student and each teacher once (random weights, CPU) and construct every
     (method, params, teacher) distiller; a mismatch that no adapter bridges (FPN level counts,
     head types, class counts) is a one-line error now instead of a failed trial later."""
-    from raykd.distill.base import get_distiller
-    from raykd.models.builder import build_detector, freeze
-
     student = build_detector(exp.student.config, exp.student.overrides, exp.source, "student")
     built: dict = {}
     for method, params, teacher in pairs:
@@ -32,9 +32,5 @@ def check_pairings(exp: Experiment, pairs: list[tuple[str, dict, str | None]], s
 
 def method_pairs(method: str, params: dict, teacher: str | None, pool: list[str]) -> list[tuple[str, dict, str | None]]:
     """The (loss method, params, teacher) pairs a run will construct: one per stage of its plan."""
-    from raykd.config.experiment import Schedule
-    from raykd.config.run import MethodSpec
-    from raykd.distill.base import plan
-
     stages = plan(MethodSpec(name=method, params=params, teacher=teacher), Schedule(epochs=1), pool)
     return [(s.method.name, s.method.params, s.method.teacher) for s in stages]

@@ -6,12 +6,17 @@ group larger than any node stays pending. Both are answered here in a second, wi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import ray
+from ray import tune
+from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
 from raykd.config.experiment import Resources
 from raykd.errors import ConfigError
@@ -34,8 +39,6 @@ def gcs_answers(address: str, timeout: float = GCS_TIMEOUT_S) -> bool:
 def recorded_local_instances() -> list[str]:
     """GCS addresses of Ray instances on this machine: running gcs_server processes, then the
     address the last ``ray start`` recorded (which stays behind when that cluster dies)."""
-    from ray._private.services import find_bootstrap_address, find_gcs_addresses
-
     found = sorted(find_gcs_addresses())  # a set in Ray 2.60
     recorded = find_bootstrap_address(None)
     return list(dict.fromkeys([*found, *([recorded] if recorded else [])]))
@@ -63,16 +66,12 @@ def _output(quiet: bool) -> dict[str, Any]:
     """``ray.init`` arguments for what reaches this terminal. Quiet: no worker logs (Ray's Train
     controllers and workers log every step of their life at INFO) and only Ray's own errors; what a
     user needs from the workers (reports, a failed trial's reason) reaches the driver through Tune."""
-    import logging
-
     return {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO}
 
 
 def init_ray(address: str | None, quiet: bool = False) -> None:
     """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
     Prints one line saying which."""
-    import ray
-
     key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
@@ -97,8 +96,6 @@ def init_ray(address: str | None, quiet: bool = False) -> None:
 
 def _join_authenticated(address: str, key: str, quiet: bool) -> None:
     """Join a cluster; a head that wants Ray 2.60's auth token we lack is one line, not a traceback."""
-    import ray
-
     try:
         ray.init(address=address, **_output(quiet))
     except RuntimeError as err:
@@ -115,8 +112,6 @@ class NodeCapacity:
 
 
 def alive_nodes() -> list[NodeCapacity]:
-    import ray
-
     return [NodeCapacity(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
             for n in ray.nodes() if n.get("Alive")]
 
@@ -163,6 +158,4 @@ def trial_driver_resources() -> Any:
     (with a share of a CPU, two 1-CPU trials never train together on 2 CPUs, and a cluster of
     1-CPU nodes never starts one). Tune refuses an all-zero request (ray/air/execution/resources/
     request.py: "empty head and zero worker bundles"), so it holds one byte of memory instead."""
-    from ray import tune
-
     return tune.PlacementGroupFactory([{"memory": 1}])

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pyarrow import fs
 
 from raykd.config.experiment import spec_hash
 from raykd.config.run import RunSpec
+from raykd.data.pipelines import data_workers
 from raykd.train.layout import STUDENT_FILE
 
 HISTORY_FILE = "history.json"  # a cached prefix's per-epoch metrics, reported again on reuse
@@ -48,14 +50,10 @@ def stage_name(index: int, teacher: str | None) -> str:
 
 
 def _filesystem(uri: str):
-    from pyarrow import fs
-
     return fs.FileSystem.from_uri(uri)
 
 
 def stage_exists(uri: str) -> bool:
-    from pyarrow import fs
-
     filesystem, path = _filesystem(uri)
     return filesystem.get_file_info(f"{path}/{STUDENT_FILE}").type == fs.FileType.File
 
@@ -63,8 +61,6 @@ def stage_exists(uri: str) -> bool:
 def save_stage(uri: str, state_dict: dict[str, Any], history: list[dict] | None = None, replace: bool = True) -> None:
     """Write ``uri/student.pth`` (and ``history.json``) so that a reader never finds a half-copied
     folder. ``replace=False`` keeps an entry another writer published first (racing trials)."""
-    from pyarrow import fs
-
     filesystem, path = _filesystem(uri)
     if not replace and stage_exists(uri):
         return
@@ -89,8 +85,6 @@ def save_stage(uri: str, state_dict: dict[str, Any], history: list[dict] | None 
 
 def load_stage(uri: str, device: torch.device) -> tuple[dict[str, Any], list[dict]]:
     """A published stage: the student's state_dict and the run's history up to that stage."""
-    from pyarrow import fs
-
     filesystem, path = _filesystem(uri)
     local = Path(tempfile.mkdtemp(prefix="raykd-stage-"))
     try:
@@ -130,8 +124,6 @@ def prefix_key(spec: RunSpec, stages: list, upto: int) -> str:
 def _data_part(spec: RunSpec) -> list:
     """A train subset and DataLoader processes (which draw the augmentation's random numbers) change
     the student; left out when absent, so prefixes from before they existed keep their keys."""
-    from raykd.data.pipelines import data_workers
-
     part = [spec.subset.model_dump(mode="json")] if spec.subset else []
     workers = data_workers(spec.experiment, spec.resources)
     return part + ([{"data_workers": workers}] if workers else [])

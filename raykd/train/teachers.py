@@ -6,7 +6,18 @@ from pathlib import Path
 
 from raykd.cache import cache_root
 from raykd.config.experiment import Experiment, ShapesData, spec_hash
+from raykd.data.classes import split_map
+from raykd.data.loaders import experiment_classes
 from raykd.errors import ConfigError
+from raykd.models.builder import check_model_cfg
+from raykd.models.checkpoints import (
+    DENSE_CLS,
+    ROI_CLS,
+    class_permutation,
+    recorded_classes,
+    safe_load,
+    state_dict_of,
+)
 from raykd.train.layout import STUDENT_FILE
 
 TEACHER_TRAINING_VERSION = 1
@@ -27,8 +38,6 @@ def _label_order_part(exp: Experiment) -> tuple:
     other classes. Left out for the shapes set in its own order, whose cached teachers stay valid."""
     if isinstance(exp.dataset, ShapesData) and exp.classes is None:
         return ()
-    from raykd.data.loaders import experiment_classes
-
     return (list(experiment_classes(exp)),)
 
 
@@ -50,10 +59,6 @@ def missing_teachers(exp: Experiment, names: list[str]) -> list[str]:
 def check_classes_and_checkpoints(exp: Experiment) -> None:
     """Before any work: the annotation files are COCO, every head has the dataset's class count, and
     every given teacher checkpoint loads safely and means the dataset's classes (or can be remapped)."""
-    from raykd.data.classes import split_map
-    from raykd.data.loaders import experiment_classes
-    from raykd.models.builder import check_model_cfg
-
     classes = experiment_classes(exp)
     if not isinstance(exp.dataset, ShapesData):
         split_map(exp.dataset.val_ann, classes, exp.source, "dataset.val_ann")
@@ -65,15 +70,6 @@ def check_classes_and_checkpoints(exp: Experiment) -> None:
 
 
 def check_teacher_checkpoint(exp: Experiment, name: str, classes) -> None:
-    from raykd.models.checkpoints import (
-        DENSE_CLS,
-        ROI_CLS,
-        class_permutation,
-        recorded_classes,
-        safe_load,
-        state_dict_of,
-    )
-
     key, path = f"teachers.{name}.checkpoint", teacher_checkpoint(exp, name)
     ckpt = safe_load(path, exp.source, key)
     state = state_dict_of(ckpt, path, exp.source, key)
