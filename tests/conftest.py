@@ -29,6 +29,20 @@ def faster_rcnn():
     return build_detector("mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", overrides)
 
 
+DENSE_CONFIGS = {
+    "atss": "mmdet::atss/atss_r50_fpn_1x_coco.py",
+    "fcos": "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
+}
+
+
+def dense(kind, seed, **head):
+    """A narrow one-stage detector of another head type (``atss``, ``fcos``), seeded."""
+    from raykd.models.builder import build_detector
+
+    torch.manual_seed(seed)
+    return build_detector(DENSE_CONFIGS[kind], {"backbone": SCRATCH, "neck": NECK, "bbox_head": {**GN_HEAD, **head}})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Datasets and teachers go to a per-session cache, never the user's."""

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import GN_HEAD, NECK, SCRATCH, build, kd_step, with_empty_images
+from conftest import build, dense, kd_step, with_empty_images
 from mmdet.models.utils import images_to_levels, unpack_gt_instances
 
 from raykd.distill import crosskd, get_method
-from raykd.models.builder import build_detector, freeze
+from raykd.models.builder import freeze
 
 EPS = torch.finfo(torch.float32).eps  # mmdet weight_reduce_loss: loss.sum() / (avg_factor + eps)
 PREDICTORS = {  # (cls, reg, centerness) predictor names of each head type
@@ -33,15 +33,6 @@ PREDICTORS = {  # (cls, reg, centerness) predictor names of each head type
 def make(student, teachers, teacher="t", **params):
     cls = get_method("crosskd")
     return cls(student, teachers, cls.Params(**params), teacher)
-
-
-def dense(kind, seed, **head):
-    torch.manual_seed(seed)
-    config = {
-        "atss": "mmdet::atss/atss_r50_fpn_1x_coco.py",
-        "fcos": "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
-    }[kind]
-    return build_detector(config, {"backbone": SCRATCH, "neck": NECK, "bbox_head": {**GN_HEAD, **head}})
 
 
 @pytest.fixture()

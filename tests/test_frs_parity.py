@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step, with_empty_images
+from conftest import build, dense, faster_rcnn, kd_step, with_empty_images
 
 from raykd.distill import get_method
-from raykd.models.builder import build_detector, freeze
+from raykd.models.builder import freeze
 
 WARM_STEP = 500
 
@@ -22,14 +22,6 @@ WARM_STEP = 500
 def make(student, teachers, teacher="t", **params):
     cls = get_method("frs")
     return cls(student, teachers, cls.Params(**params), teacher)
-
-
-def fcos(seed):
-    torch.manual_seed(seed)
-    return build_detector(
-        "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
-        {"backbone": SCRATCH, "neck": NECK, "bbox_head": GN_HEAD},
-    )
 
 
 @pytest.fixture()
@@ -43,7 +35,7 @@ def pairs(tiny_exp, student, teachers):
     return {
         "retina": (student, {"t": teachers["big"]}, (0.005, 0.02)),
         "gfl": (gfl_student, {"t": teachers["gfl"]}, (0.1, 0.05)),
-        "fcos": (fcos(8), {"t": freeze(fcos(9))}, (0.01, 0.05)),
+        "fcos": (dense("fcos", 8), {"t": freeze(dense("fcos", 9))}, (0.01, 0.05)),
         "faster_rcnn": (two_stage, {"t": freeze(faster_rcnn())}, (0.002, 0.1)),
     }
 

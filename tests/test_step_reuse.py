@@ -10,24 +10,15 @@ import copy
 
 import pytest
 import torch
-from conftest import GN_HEAD, NECK, SCRATCH, build, faster_rcnn, kd_step, with_empty_images
+from conftest import build, dense, faster_rcnn, kd_step, with_empty_images
 
 from raykd.distill import get_method
 from raykd.distill.base import method_names
 from raykd.distill.icd import _tokens, aux_losses, head_norm, imitation_loss, query_descriptors
-from raykd.models.builder import build_detector, freeze
+from raykd.models.builder import freeze
 from raykd.train.model import DistillModel, detection_losses, student_step
 
 ITERATION = 600  # past FRS's warm-up
-
-
-def dense(kind, seed, **head):
-    torch.manual_seed(seed)
-    config = {
-        "atss": "mmdet::atss/atss_r50_fpn_1x_coco.py",
-        "fcos": "mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py",
-    }[kind]
-    return build_detector(config, {"backbone": SCRATCH, "neck": NECK, "bbox_head": {**GN_HEAD, **head}})
 
 
 @pytest.fixture()
