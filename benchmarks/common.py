@@ -67,3 +67,21 @@ def train_full_schedule(specs: dict, storage: Path, on_result) -> None:
         run_config=tune.RunConfig(name=f"tune-{len(list(storage.glob('tune-*')))}", storage_path=str(storage), verbose=1,
                                   callbacks=[ReportEachRun()]),
     ).fit()
+
+
+def run_phases(module: str, doc: str, phases: dict, raw_path: Path, kept: set[str], argv: list[str] | None) -> None:
+    """A phased benchmark's command line: ``--phase NAME`` (repeatable) runs those phases; by default
+    every phase runs, except those in ``kept`` that the raw JSON already holds (done before). The raw
+    JSON is saved after each phase."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    p.add_argument("--phase", choices=list(phases), action="append", help="run only these phases (default: all not done)")
+    args = p.parse_args(argv)
+    data = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
+    for name in args.phase or list(phases):
+        if args.phase is None and name in kept and name in data:
+            continue
+        phases[name](data)
+        save(raw_path.name, data)
+        print(f"[{module.rsplit('.', 1)[-1]}] phase {name} done -> {raw_path}", flush=True)

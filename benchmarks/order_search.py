@@ -22,8 +22,6 @@ stage 1 starts from its teacher), search fidelity 3 epochs (the demo's), full sc
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import DEMO, OUT, save, train_full_schedule
+from benchmarks.common import DEMO, OUT, run_phases, save, train_full_schedule
 
 RUNS = Path("runs/bench-order-search")
 RAW = OUT / "order_search.json"
@@ -61,10 +59,6 @@ def load(name: str, search: dict[str, Any]):
     path = RUNS / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**SPACE, "search": search}, sort_keys=False))
     return load_space(path)
-
-
-def raw() -> dict[str, Any]:
-    return json.loads(RAW.read_text()) if RAW.is_file() else {}
 
 
 def key(order: list[str]) -> str:
@@ -258,16 +252,7 @@ PHASES = {"exhaustive": phase_exhaustive, "replay": phase_replay, "full": phase_
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.order_search", description=__doc__.split("\n\n")[0])
-    p.add_argument("--phase", choices=list(PHASES), action="append", help="run only these phases (default: all not done)")
-    args = p.parse_args(argv)
-    data = raw()
-    for name in args.phase or list(PHASES):
-        if args.phase is None and name in data and name not in ("full", "report"):
-            continue  # done before: phases are resumable
-        PHASES[name](data)
-        save(RAW.name, data)
-        print(f"[order_search] phase {name} done -> {RAW}", flush=True)
+    run_phases("benchmarks.order_search", __doc__, PHASES, RAW, kept={"exhaustive", "replay"}, argv=argv)
 
 
 if __name__ == "__main__":

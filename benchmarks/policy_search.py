@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,17 +21,13 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import OUT, save, train_full_schedule
+from benchmarks.common import OUT, run_phases, save, train_full_schedule
 
 SPACE = Path(__file__).parents[1] / "search_spaces" / "policy.yaml"
 RUNS = Path("runs/bench-policy-search")
 RAW = OUT / "policy_search.json"
 SEEDS = (0, 1)
 REFERENCES = ("feature", "frs", "crosskd")  # at their paper defaults (None parameters resolve per head)
-
-
-def raw() -> dict[str, Any]:
-    return json.loads(RAW.read_text()) if RAW.is_file() else {}
 
 
 def phase_search(data: dict[str, Any]) -> None:
@@ -101,16 +95,7 @@ PHASES = {"search": phase_search, "full": phase_full, "report": phase_report}
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.policy_search", description=__doc__.split("\n\n")[0])
-    p.add_argument("--phase", choices=list(PHASES), action="append", help="run only these phases (default: all not done)")
-    args = p.parse_args(argv)
-    data = raw()
-    for name in args.phase or list(PHASES):
-        if args.phase is None and name == "search" and name in data:
-            continue  # done before: the search is kept
-        PHASES[name](data)
-        save(RAW.name, data)
-        print(f"[policy_search] phase {name} done -> {RAW}", flush=True)
+    run_phases("benchmarks.policy_search", __doc__, PHASES, RAW, kept={"search"}, argv=argv)
 
 
 if __name__ == "__main__":
