@@ -43,6 +43,22 @@ def dense(kind, seed, **head):
     return build_detector(DENSE_CONFIGS[kind], {"backbone": SCRATCH, "neck": NECK, "bbox_head": {**GN_HEAD, **head}})
 
 
+def head_pairs(tiny_exp, student, teachers):
+    """(student, {"t": frozen teacher of the same head type}) for RetinaNet, GFL and Faster R-CNN, seeded."""
+    from raykd.models.builder import freeze
+
+    torch.manual_seed(5)
+    gfl_student = build(tiny_exp.teachers["gfl"])
+    torch.manual_seed(6)
+    two_stage = faster_rcnn()
+    torch.manual_seed(7)
+    return {
+        "retina": (student, {"t": teachers["big"]}),
+        "gfl": (gfl_student, {"t": teachers["gfl"]}),
+        "faster_rcnn": (two_stage, {"t": freeze(faster_rcnn())}),
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Datasets and teachers go to a per-session cache, never the user's."""

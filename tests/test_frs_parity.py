@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build, dense, faster_rcnn, kd_step, with_empty_images
+from conftest import dense, head_pairs, kd_step, with_empty_images
 
 from raykd.distill import get_method
 from raykd.models.builder import freeze
@@ -27,17 +27,9 @@ def make(student, teachers, teacher="t", **params):
 @pytest.fixture()
 def pairs(tiny_exp, student, teachers):
     """kind -> (student, {"t": frozen teacher}, official (feat, cls) weights)."""
-    torch.manual_seed(5)
-    gfl_student = build(tiny_exp.teachers["gfl"])
-    torch.manual_seed(6)
-    two_stage = faster_rcnn()
-    torch.manual_seed(7)
-    return {
-        "retina": (student, {"t": teachers["big"]}, (0.005, 0.02)),
-        "gfl": (gfl_student, {"t": teachers["gfl"]}, (0.1, 0.05)),
-        "fcos": (dense("fcos", 8), {"t": freeze(dense("fcos", 9))}, (0.01, 0.05)),
-        "faster_rcnn": (two_stage, {"t": freeze(faster_rcnn())}, (0.002, 0.1)),
-    }
+    pairs = {**head_pairs(tiny_exp, student, teachers), "fcos": (dense("fcos", 8), {"t": freeze(dense("fcos", 9))})}
+    weights = {"retina": (0.005, 0.02), "gfl": (0.1, 0.05), "fcos": (0.01, 0.05), "faster_rcnn": (0.002, 0.1)}
+    return {kind: (*pair, weights[kind]) for kind, pair in pairs.items()}
 
 
 def official_frs(student, teacher, adapters, step, weights, iteration):

@@ -10,11 +10,10 @@ import copy
 
 import pytest
 import torch
-from conftest import build, dense, faster_rcnn, kd_step, with_empty_images
+from conftest import dense, head_pairs, kd_step, with_empty_images
 
 from raykd.distill import get_method
 from raykd.distill.base import method_names
-from raykd.distill.icd import _tokens, aux_losses, head_norm, imitation_loss, query_descriptors
 from raykd.models.builder import freeze
 from raykd.train.model import DistillModel, detection_losses, student_step
 
@@ -24,21 +23,14 @@ ITERATION = 600  # past FRS's warm-up
 @pytest.fixture()
 def pairs(tiny_exp, student, teachers):
     """head kind -> (student, {"t": frozen teacher of the same head type})."""
-    torch.manual_seed(5)
-    gfl_student = build(tiny_exp.teachers["gfl"])
-    torch.manual_seed(6)
-    two_stage = faster_rcnn()
-    torch.manual_seed(7)
     return {
-        "retina": (student, {"t": teachers["big"]}),
-        "gfl": (gfl_student, {"t": teachers["gfl"]}),
+        **head_pairs(tiny_exp, student, teachers),
         "atss": (dense("atss", 8), {"t": freeze(dense("atss", 9))}),
         "fcos": (dense("fcos", 10), {"t": freeze(dense("fcos", 11))}),
         "fcos_norm": (
             dense("fcos", 10, norm_on_bbox=True, centerness_on_reg=True),
             {"t": freeze(dense("fcos", 11, norm_on_bbox=True, centerness_on_reg=True))},
         ),
-        "faster_rcnn": (two_stage, {"t": freeze(faster_rcnn())}),
     }
 
 
@@ -161,31 +153,6 @@ def test_methods_reuse_the_detection_losses_head_run_with_equal_losses(name, kin
 # gradients equal only up to summation order, which would change every ICD run's numbers. Not kept.)
 
 
-def recomputed_icd_losses(method, step):
-    """ICD's losses with the key positions recomputed (the step before they were kept)."""
-    from raykd.distill.icd import grid_positions, unpadded_masks
-
-    t_feats = step.teacher_feats(method.teacher_name)
-    masks = unpadded_masks(t_feats, step.data_samples, tuple(step.inputs.shape[-2:]))
-    pos = torch.cat([grid_positions(m, method.params.hidden_dim) for m in masks], 1)
-    valid = torch.cat([m.flatten(1) for m in masks], 1)
-    tokens = _tokens(t_feats)
-    inst = method._instances(step.data_samples, step.inputs.device)
-    x = method.query_mlp(query_descriptors(inst, method.num_classes))
-    outputs, logits, values = [], [], []
-    for layer in method.layers:
-        x, layer_logits, layer_values = layer(x, tokens, pos, valid)
-        outputs.append(x)
-        logits.append(layer_logits)
-        values.append(layer_values)
-    loss_cls, loss_reg = aux_losses(method.aux_head(torch.stack(outputs)), inst)
-    s_tokens = _tokens(step.student_feats)
-    heads = method.params.num_heads
-    v_student = torch.stack([proj(s_tokens).unflatten(-1, (heads, -1)) for proj in method.student_values])
-    kd = imitation_loss(torch.stack(logits).detach(), head_norm(v_student), head_norm(torch.stack(values).detach()), inst.real)
-    return {"loss_icd_aux_cls": loss_cls, "loss_icd_aux_reg": loss_reg, "loss_kd_icd": method.lambda_ * kd}
-
-
 @pytest.mark.parametrize("layers", [1, 2])
 def test_icd_with_kept_positions_gives_the_same_losses(layers, student, teachers, batch):
     samples = [copy.deepcopy(s) for s in batch[1]]
@@ -194,12 +161,15 @@ def test_icd_with_kept_positions_gives_the_same_losses(layers, student, teachers
     method = build_method("icd", student, teachers, "big", num_layers=layers)
     step = kd_step(student, teachers, batch)
     buffers = {k: b.clone() for k, b in method.named_buffers()}
+    assert not method._positions
     torch.manual_seed(4)
-    ref = recomputed_icd_losses(method, step)
+    ref = method.losses(step)  # positions computed
+    kept = dict(method._positions)
     for k, b in method.named_buffers():
         b.copy_(buffers[k])
     torch.manual_seed(4)
-    ours = method.losses(step)
+    ours = method.losses(step)  # positions kept
+    assert len(kept) == 1 and all(method._positions[k] is v for k, v in kept.items())
     assert_equal_dicts(ours, ref)
     assert_same_gradients(sum(ours.values()), sum(ref.values()), [p for p in method.parameters() if p.requires_grad])
 
