@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+
+from raykd.errors import ConfigError
 
 TESTS = Path(__file__).parent
 TINY = TESTS / "data" / "tiny.yaml"
@@ -15,6 +18,24 @@ TINY = TESTS / "data" / "tiny.yaml"
 SCRATCH = {"frozen_stages": -1, "norm_eval": False, "init_cfg": None, "depth": 18, "base_channels": 8}
 NECK = {"in_channels": [8, 16, 32, 64], "out_channels": 32}
 GN_HEAD = {"num_classes": 4, "in_channels": 32, "feat_channels": 32, "norm_cfg": {"type": "GN", "num_groups": 8}}
+
+
+@contextmanager
+def config_error_at(key: str, path=None):
+    """Expects the block to raise a ConfigError for ``key`` (and file ``path`` if given) whose
+    message is one line, as the CLIs print it."""
+    with pytest.raises(ConfigError) as info:
+        yield info
+    err = info.value
+    assert err.key == key and "\n" not in err.line(), err.line()
+    if path is not None:
+        assert err.source == str(path) and str(path) in err.line(), err.line()
+
+
+def assert_refused(load, path, key: str) -> None:
+    """``load(path)`` refuses the file with one line naming it and ``key``."""
+    with config_error_at(key, path):
+        load(path)
 
 
 def faster_rcnn():

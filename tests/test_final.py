@@ -15,7 +15,9 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import TESTS
+from conftest import TESTS, config_error_at
+
+from raykd.final.run import CONFIG_FILE, FINAL_STATE_FILE, check_out
 
 SPACE = TESTS / "data" / "final_space.yaml"
 SCHEDULE = ["--schedule", "1"]
@@ -333,3 +335,17 @@ def test_validation_refuses_options_it_cannot_honour(search, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and key in err, err
+
+
+@pytest.mark.parametrize(("faults", "refused"), [({}, False), ({"nan_loss_at": 3}, True)])
+def test_resume_accepts_a_spec_saved_with_the_retired_faults_field(tmp_path, faults, refused):
+    """A final run interrupted under a raykd that saved ``faults: {}`` (none injected) resumes;
+    one that had faults configured was a different run and is refused."""
+    spec = {"seed": 0, "method": {"name": "feature", "params": {}}}
+    (tmp_path / FINAL_STATE_FILE).write_text(json.dumps({"status": "running", "run_id": "r"}))
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump({"spec": {**spec, "faults": faults}}))
+    if refused:
+        with config_error_at("spec.faults", tmp_path / CONFIG_FILE):
+            check_out(tmp_path, "final-x", {"spec": spec}, resume=True)
+    else:
+        assert check_out(tmp_path, "final-x", {"spec": spec}, resume=True)["run_id"] == "r"

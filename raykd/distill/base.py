@@ -66,6 +66,9 @@ class Stage:
     schedule: Any
 
 
+_METHODS: dict[str, type[Method]] = {}
+
+
 class Method(ABC):
     """What every registered method answers before any model exists: its parameters, their checks,
     and the stages a run of it trains (``plan``)."""
@@ -77,6 +80,18 @@ class Method(ABC):
     uses_teacher: ClassVar[bool] = True
     # Whether its stages may distil from any pool member (a search must have them all ready).
     draws_from_pool: ClassVar[bool] = False
+
+    def __init_subclass__(cls, name: str | None = None, params: type[MethodParams] | None = None, **kwargs):
+        """``class FRS(Distiller, name="frs", params=FRSParams)`` names and registers a method; a base
+        class (no ``name``) is not registered."""
+        super().__init_subclass__(**kwargs)
+        if params is not None:
+            cls.Params = params
+        if name is not None:
+            if name in _METHODS:
+                raise KeyError(f"distillation method {name!r} is already registered")
+            cls.name = name
+            _METHODS[name] = cls
 
     @classmethod
     def check(cls, params: MethodParams, teacher_pool: list[str]) -> str | tuple[str, str] | None:
@@ -151,14 +166,7 @@ class Distiller(Method, nn.Module):
         return [{"params": params, **base}] if params else []
 
 
-_METHODS: dict[str, type[Method]] = {}
 
-
-def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise KeyError(f"distillation method {cls.name!r} is already registered")
-    _METHODS[cls.name] = cls
-    return cls
 
 
 def method_names() -> list[str]:

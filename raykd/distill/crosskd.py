@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams
 from raykd.distill.necks import dense_head
 
 # mmdet/models/losses/utils.py weight_reduce_loss: ``loss.sum() / (avg_factor + eps)``.
@@ -182,11 +182,7 @@ class CrossKDParams(MethodParams):
     hold: Literal["post_act", "pre_act"] = "post_act"
 
 
-@register_method
-class CrossKD(Distiller):
-    name = "crosskd"
-    Params = CrossKDParams
-
+class CrossKD(Distiller, name="crosskd", params=CrossKDParams):
     def __init__(self, student, teachers, params: CrossKDParams, teacher):
         super().__init__(student, teachers, params, teacher)
         s_head, kind = dense_head(student, _HEADS, "crosskd (student)")
@@ -301,7 +297,7 @@ class CrossKD(Distiller):
     def _targets(self, head: nn.Module, sizes: list, samples: list, device, recorded: tuple | None = None) -> _Targets:
         """Label weights, positives and the normaliser from the student head's assigner: from what
         its ``get_targets`` returned in the detection loss (``recorded``), or computed here."""
-        from mmdet.models.utils import unpack_gt_instances
+        from mmdet.models.utils import unpack_gt_instances  # mmdet inside functions: see raykd.models.builder
 
         gts, ignores, metas = unpack_gt_instances(samples)
         n = len(samples)
@@ -334,7 +330,7 @@ class CrossKD(Distiller):
 
     def _box_loss(self, head: nn.Module, sizes: list, p: Tensor, t: Tensor) -> Tensor:
         """Per-prior box distance (N, M) between cross-head and teacher regression outputs."""
-        from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
+        from mmdet.structures.bbox import bbox_overlaps, get_box_tensor  # see raykd.models.builder
 
         n, eps = p.shape[0], 1e-6
         if self.spec.box == "kl":  # GFL: KL over each side's bins (class_reduction='sum', T=1)

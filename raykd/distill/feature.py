@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams
 from raykd.distill.necks import is_two_stage, paired_necks
 
 
@@ -25,11 +25,7 @@ class FeatureParams(MethodParams):
     lambda_: Annotated[float | None, Field(ge=0, alias="lambda")] = None
 
 
-@register_method
-class FeatureImitation(Distiller):
-    name = "feature"
-    Params = FeatureParams
-
+class FeatureImitation(Distiller, name="feature", params=FeatureParams):
     def __init__(self, student, teachers, params: FeatureParams, teacher):
         super().__init__(student, teachers, params, teacher)
         s_ch, t_ch, levels = paired_necks(student, self.teacher, teacher)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams
 from raykd.distill.necks import dense_head, paired_necks
 
 
@@ -140,11 +140,7 @@ class FRSParams(MethodParams):
     warmup_iters: Annotated[int, Field(ge=0)] = 500
 
 
-@register_method
-class FRS(Distiller):
-    name = "frs"
-    Params = FRSParams
-
+class FRS(Distiller, name="frs", params=FRSParams):
     def __init__(self, student, teachers, params: FRSParams, teacher):
         super().__init__(student, teachers, params, teacher)
         s_kind, t_kind = frs_heads(student, self.teacher, teacher)

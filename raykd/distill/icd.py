@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, StageStart, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams, StageStart
 from raykd.distill.init_from_teacher import init_from_teacher
 from raykd.distill.necks import is_two_stage, paired_necks
 
@@ -229,11 +229,7 @@ class Decoded:
     values: Tensor  # (L, B, S, heads, d) teacher values
 
 
-@register_method
-class ICD(Distiller):
-    name = "icd"
-    Params = ICDParams
-
+class ICD(Distiller, name="icd", params=ICDParams):
     @classmethod
     def check(cls, params: ICDParams, teacher_pool: list[str]):
         if params.hidden_dim % params.num_heads:

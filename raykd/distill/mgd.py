@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, StageStart, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams, StageStart
 from raykd.distill.init_from_teacher import init_from_teacher
 from raykd.distill.necks import is_two_stage, paired_necks
 
@@ -78,11 +78,7 @@ def mgd_level_loss(student: Tensor, teacher: Tensor, gen: nn.Module, mask: Tenso
     return (generated.float() - teacher.float()).pow(2).sum() / teacher.shape[0]
 
 
-@register_method
-class MGD(Distiller):
-    name = "mgd"
-    Params = MGDParams
-
+class MGD(Distiller, name="mgd", params=MGDParams):
     def __init__(self, student, teachers, params: MGDParams, teacher):
         super().__init__(student, teachers, params, teacher)
         s_ch, t_ch, _ = paired_necks(student, self.teacher, teacher)

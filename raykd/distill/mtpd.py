@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from raykd.config.experiment import Schedule
+from raykd.config.run import MethodSpec
 from raykd.distill.base import (
     Composite,
     MethodParams,
@@ -29,7 +31,6 @@ from raykd.distill.base import (
     check_method,
     get_method,
     method_names,
-    register_method,
 )
 
 NAME = "mtpd"
@@ -53,12 +54,9 @@ class MTPDParams(MethodParams):
         return order
 
 
-@register_method
-class MTPD(Composite):
+class MTPD(Composite, name=NAME, params=MTPDParams):
     """Stages over a base method, one per teacher of ``order``; the student carries over."""
 
-    name = NAME
-    Params = MTPDParams
     draws_from_pool = True  # an order may name any pool member
 
     @classmethod
@@ -86,8 +84,6 @@ class MTPD(Composite):
 
     @classmethod
     def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:
-        from raykd.config.run import MethodSpec
-
         p = MTPDParams(**method.params)
         return [
             Stage(MethodSpec(name=p.base, params=stage_base_params(p, i), teacher=t), s)
@@ -105,8 +101,6 @@ class MTPD(Composite):
 def stage_schedules(p: MTPDParams, schedule) -> list:
     """Each stage's schedule: explicit ``stage_epochs``, the whole run schedule per stage (``full``),
     or the run schedule split evenly (``split``; earlier stages get the remainder)."""
-    from raykd.config.experiment import Schedule
-
     k = len(p.order)
     if p.stage_epochs is not None:
         return [Schedule(epochs=e) for e in p.stage_epochs]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from raykd.distill.base import Distiller, KDStep, register_method
+from raykd.distill.base import Distiller, KDStep
 
 
-@register_method
-class NoDistillation(Distiller):
-    name = "none"
+class NoDistillation(Distiller, name="none"):
     uses_teacher = False
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:

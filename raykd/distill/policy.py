@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, register_method
+from raykd.distill.base import Distiller, KDStep, MethodParams
 from raykd.distill.crosskd import CrossKD, CrossKDParams
 from raykd.distill.frs import frs_heads, richness_cls_loss
 from raykd.distill.necks import paired_necks
@@ -65,11 +65,7 @@ def selected_levels(levels: Literal["all"] | list[int], count: int) -> list[int]
     return list(levels)
 
 
-@register_method
-class Policy(Distiller):
-    name = "policy"
-    Params = PolicyParams
-
+class Policy(Distiller, name="policy", params=PolicyParams):
     @classmethod
     def check(cls, params: PolicyParams, teacher_pool: list[str]):
         if params.feat_weight == params.frs_weight == params.crosskd_weight == 0:

@@ -51,6 +51,17 @@ def schedule_text(schedule) -> str:
     return f"{schedule.epochs} epochs" if schedule.epochs is not None else f"{schedule.iters} iters"
 
 
+# Run-spec fields older raykd versions saved and this one no longer has, with the value that meant
+# what today's code does: a final run interrupted under that version still resumes.
+RETIRED_SPEC_FIELDS = {"faults": {}}  # fault injection moved to test-side hooks (raykd.train.hooks)
+
+
+def _without_retired(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    return {k: v for k, v in spec.items() if not (k in RETIRED_SPEC_FIELDS and v == RETIRED_SPEC_FIELDS[k])}
+
+
 def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
@@ -76,7 +87,7 @@ def check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) ->
         raise ConfigError(str(out), "--resume", f"this final run already finished (see {out / SUMMARY_FILE})")
     saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
     if saved is not None:
-        diff = _first_difference(saved.get("spec"), config["spec"])
+        diff = _first_difference(_without_retired(saved.get("spec")), config["spec"])
         if diff is not None:
             raise ConfigError(str(out / CONFIG_FILE), f"spec.{diff}", "differs from this command's configuration; "
                               "resume with the same INPUT and options")

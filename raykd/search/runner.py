@@ -26,8 +26,11 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import SearchGenerator
+from ray.tune.utils.util import _load_newest_checkpoint
 
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
+from raykd.data.shapes import ShapesData
 from raykd.data.subsets import subset_size
 from raykd.distill.base import get_method
 from raykd.errors import ConfigError
@@ -48,13 +51,14 @@ from raykd.search.naming import search_run_name, trial_label, trial_number
 from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.search.tune_callback import MLflowTrialLogger
-from raykd.spaces.sampling import trial_student
+from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.store import BEST_RUN_TAG, BEST_TRIAL_TAG, KIND_TAG, RESULTS_DIR_TAG, Tracker, flatten
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
+from raykd.train.teachers import missing_teachers
 
 WORKER_RETRIES = 2  # Ray Train restarts a lost worker group from the trial's last checkpoint
 
@@ -74,8 +78,6 @@ class SearchOutcome:
 
 def full_epochs(space: SearchSpace) -> int:
     """Epochs a trial reports at full search fidelity (the x-axis ASHA and MLflow use)."""
-    from raykd.data.shapes import ShapesData
-
     sched = space.schedule
     if sched.epochs is not None:
         return sched.epochs
@@ -255,8 +257,6 @@ def run_search(
 
 def _check_fits(space: SearchSpace) -> None:
     """Teachers still to train use the experiment's resources, trials the space's."""
-    from raykd.train.teachers import missing_teachers
-
     if any(space.exp.teachers[n].train for n in missing_teachers(space.exp, teachers_needed(space))):
         check_cluster_fits(space.exp.resources, space.exp.source)
     check_cluster_fits(space.run_resources, space.source if space.resources else space.exp.source)
@@ -268,9 +268,6 @@ def _was_interrupted(grid, tune_dir: Path) -> bool:
     from its analysis object; an interrupted trial may also have no result files at all. Whether
     every trial was created is Tune's own record of the search (a searcher may finish early, e.g.
     bgs, so the trial count alone cannot tell)."""
-    from ray.tune.search import SearchGenerator
-    from ray.tune.utils.util import _load_newest_checkpoint
-
     trials = grid._experiment_analysis.trials
     search = _load_newest_checkpoint(str(tune_dir), SearchGenerator.CKPT_FILE_TMPL.format("*")) or {}
     created_all = search.get("finished") or search.get("counter", 0) >= search.get("total_samples", 1)
@@ -334,8 +331,6 @@ def _train_seconds(result) -> float:
 
 
 def _trial_row(space: SearchSpace, result) -> dict[str, Any]:
-    from raykd.spaces.sampling import trial_method
-
     m = result.metrics or {}
     # A trial that failed before its first report has no metrics; its folder (run_trial_<id>_...) names it.
     trial_id = m.get("trial_id") or Path(result.path).name.split("_")[2]
@@ -417,7 +412,7 @@ def _fidelity_metrics(space: SearchSpace) -> dict[str, float]:
 def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: SearchSpace) -> None:
     """Importance, parallel-coordinate and history plots (HTML) on the parent run, when the
     search algorithm kept an Optuna study."""
-    import optuna.visualization as vis
+    import optuna.visualization as vis  # plotly (0.3 s): only a search that logs its study's plots
 
     if not (results_dir / STUDY_FILE).is_file():
         return

@@ -6,6 +6,7 @@ Runs unchanged on 1..N CPU workers (gloo) or CUDA workers (nccl, optional AMP); 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import random
 import shutil
@@ -337,8 +338,6 @@ class Worker:
 def _quiet_ray_train() -> None:
     """Ray Train logs every report (all metrics) and checkpoint path at INFO: long lines per epoch
     and worker that repeat what raykd's own progress line says."""
-    import importlib
-
     for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
         try:
             importlib.import_module(name).logger.setLevel(logging.WARNING)

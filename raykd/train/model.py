@@ -20,7 +20,7 @@ def detection_losses(detector: nn.Module, feats: tuple[Tensor, ...], data_sample
     outputs), written out here so that the methods reuse its outputs instead of running the head
     again; a head that overrides those methods runs them itself (outputs None).
     """
-    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
+    from mmdet.models.dense_heads.base_dense_head import BaseDenseHead  # see raykd.models.builder
     from mmdet.models.utils import unpack_gt_instances
 
     if hasattr(detector, "bbox_head"):  # single-stage
