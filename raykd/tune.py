@@ -86,9 +86,10 @@ def main(argv: list[str] | None = None):
 
 
 def _overhead_line(timeline: dict) -> str:
-    """Where the trial slots went: the share outside train/eval steps, then a trial's mean phases."""
+    """Where the trial slots went: the share outside train/eval/warm-up steps, then a trial's mean phases."""
     phases = " · ".join(f"{name.replace('_', ' ')} {s:.0f} s" for name, s in timeline["mean_trial_s"].items())
-    return (f"{100 * timeline['overhead_fraction']:.0f}% of trial-slot time outside training/eval steps; "
+    return (f"{100 * timeline['overhead_fraction']:.0f}% of trial-slot time outside training/eval/warm-up steps "
+            f"({100 * timeline['overhead_fraction_with_warmup']:.0f}% counting ICD-style warm-up as overhead); "
             f"per trial (mean): {phases}; idle slots {timeline['idle_slot_s']:.0f} s")
 
 

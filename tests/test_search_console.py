@@ -79,9 +79,10 @@ def test_search_summary_breaks_the_slot_time_down(quiet):
     assert 0 < tl["overhead_fraction"] < 1 and state["overhead_fraction"] == tl["overhead_fraction"]
     assert tl["slots"] == 2 and 0 < tl["search_s"] < state["wall_s"]
     phases = tl["mean_trial_s"]
-    assert set(phases) == {name for name, _, _ in SEGMENTS} | {"steps_in_epochs"}
+    assert set(phases) == {name for name, _, _ in SEGMENTS} | {"steps", "warmup_steps"}
     assert all(v >= 0 for v in phases.values()), phases
-    assert 0 < phases["steps_in_epochs"] <= phases["epochs"]
+    assert 0 < phases["steps"] - phases["warmup_steps"] <= phases["epochs"]
+    assert tl["overhead_fraction_with_warmup"] >= tl["overhead_fraction"]
     parent = MlflowClient(uri).get_run(state["parent_run_id"])
     assert parent.data.metrics["overhead_fraction"] == pytest.approx(tl["overhead_fraction"])
     assert parent.data.metrics["timeline.mean_worker_group_start_s"] == pytest.approx(phases["worker_group_start"])

@@ -58,6 +58,14 @@ def test_local_mode_run_and_checkpoint_round_trip(exp, tmp_path):
     assert train_state["iteration"] == 3 * 8 and train_state["stage_done"]
 
 
+def test_warmup_steps_are_timed_once_with_the_stage_first_epoch(exp, tmp_path):
+    """ICD's decoder pre-training (its stage-start steps) is reported as ``warmup_time`` with the
+    stage's first epoch only: a search counts it as step time, once."""
+    spec = spec_for(exp, 0, method="icd", epochs=2, hidden_dim=16, num_heads=2, num_layers=1, warmup_iters=6)
+    history = run_training(spec, "icd-warmup", tmp_path).return_value["history"]
+    assert history[0]["warmup_time"] > 0 and history[1]["warmup_time"] == 0.0
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
     result = run_training(spec_for(exp, workers), f"w{workers}", tmp_path)

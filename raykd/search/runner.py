@@ -49,6 +49,7 @@ from raykd.search.layout import (
 )
 from raykd.search.naming import search_run_name, trial_label, trial_number
 from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
+from raykd.search.timeline import STEP_TIMES
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.spaces.sampling import trial_method, trial_student
@@ -246,7 +247,9 @@ def run_search(
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_RUN_TAG: best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
     tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "search_s": timeline["search_s"],
-                                 "overhead_fraction": timeline["overhead_fraction"], **_timeline_metrics(timeline),
+                                 "overhead_fraction": timeline["overhead_fraction"],
+                                 "overhead_fraction_with_warmup": timeline["overhead_fraction_with_warmup"],
+                                 **_timeline_metrics(timeline),
                                  **_fidelity_metrics(space)}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
     tracker.end_run(parent, "FINISHED")
@@ -327,7 +330,7 @@ def _train_seconds(result) -> float:
     df = result.metrics_dataframe
     if df is None or "train_time" not in df:
         return 0.0
-    return float(df["train_time"].sum() + df.get("eval_time", 0).sum())
+    return float(sum(df[k].sum() for k in STEP_TIMES if k in df))
 
 
 def _trial_row(space: SearchSpace, result) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from typing import Any
 
 from raykd.train.layout import TIMELINE_PREFIX
 
+# What a report says its epoch spent in steps: training, evaluation, and the method's warm-up steps
+# before a stage's schedule (ICD's decoder pre-training: iterations the official code runs inside its
+# schedule). The rest of a trial's slot is overhead.
+STEP_TIMES = ("train_time", "eval_time", "warmup_time")
 WORKER_MARKS = ("worker_up", "built", "teachers_loaded", "first_step")  # stamped by raykd/train/loop.py
 MARKS = (*WORKER_MARKS, "first_report", "last_report", "slot_free")  # in the order they happen
 # (segment, from mark, to mark): consecutive marks, so the segments add up to the trial's slot time.
@@ -31,7 +35,8 @@ SEGMENTS = (
 class TrialTimes:
     start: float
     marks: dict[str, float] = field(default_factory=dict)  # unix seconds
-    steps_s: dict[int, float] = field(default_factory=dict)  # epoch -> train + eval seconds (once per epoch)
+    steps_s: dict[int, float] = field(default_factory=dict)  # epoch -> train + eval + warm-up seconds (once per epoch)
+    warmup_s: dict[int, float] = field(default_factory=dict)  # epoch -> its warm-up seconds alone
 
     def relative(self) -> dict[str, float]:
         """Seconds since the trial started, for the marks seen so far, in the order they happen."""
@@ -58,7 +63,8 @@ class Timeline:
         t.marks["last_report"] = now
         epoch = int(result.get("epoch", 0))
         # After a restart a worker reports the epochs its checkpoint holds again: count them once.
-        t.steps_s.setdefault(epoch, float(result.get("train_time", 0.0)) + float(result.get("eval_time", 0.0)))
+        t.steps_s.setdefault(epoch, sum(float(result.get(k, 0.0)) for k in STEP_TIMES))
+        t.warmup_s.setdefault(epoch, float(result.get("warmup_time", 0.0)))
         return now - t.start
 
     def end(self, trial_id: str, now: float | None = None) -> None:
@@ -67,12 +73,14 @@ class Timeline:
         self.trials[trial_id].marks["slot_free"] = now
 
     def summary(self, search_s: float, slots: int) -> dict[str, Any]:
-        """The share of trial-slot time (search wall time × concurrent slots) outside training and
-        evaluation steps, and where a trial's slot time goes: each segment's mean over the trials
-        that reached it, the mean train/eval step time within "epochs", and the slot time no trial
-        held (between trials, while the searcher decides)."""
+        """The share of trial-slot time (search wall time × concurrent slots) outside training,
+        evaluation and warm-up steps (``overhead_fraction``; counting warm-up as overhead too:
+        ``overhead_fraction_with_warmup``), and where a trial's slot time goes: each segment's mean
+        over the trials that reached it, the mean step and warm-up times, and the slot time no
+        trial held (between trials, while the searcher decides)."""
         trials = list(self.trials.values())
         steps = [sum(t.steps_s.values()) for t in trials]
+        warmup = sum(sum(t.warmup_s.values()) for t in trials)
         held = sum(t.marks["slot_free"] - t.start for t in trials if "slot_free" in t.marks)
         phases = {}
         for name, a, b in SEGMENTS:
@@ -80,12 +88,16 @@ class Timeline:
             if spans:
                 phases[name] = sum(spans) / len(spans)
         if trials:
-            phases["steps_in_epochs"] = sum(steps) / len(trials)
+            phases["steps"] = sum(steps) / len(trials)
+            phases["warmup_steps"] = warmup / len(trials)
+        slot_s = max(search_s * slots, 1e-9)
         return {
             "search_s": search_s,
             "slots": slots,
             "steps_s": sum(steps),
-            "overhead_fraction": 1 - sum(steps) / max(search_s * slots, 1e-9),
+            "warmup_s": warmup,
+            "overhead_fraction": 1 - sum(steps) / slot_s,
+            "overhead_fraction_with_warmup": 1 - (sum(steps) - warmup) / slot_s,
             "idle_slot_s": search_s * slots - held,
             "mean_trial_s": phases,
         }

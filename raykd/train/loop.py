@@ -117,20 +117,24 @@ class Worker:
         return teachers
 
     # ---- one stage -------------------------------------------------------------------------
-    def _build_stage(self, stage: Stage, fresh: bool) -> tuple[nn.Module, nn.Module, OptimWrapper]:
-        """The stage's method, the model to step (DDP-wrapped across ranks) and its optimizers."""
+    def _build_stage(self, stage: Stage, fresh: bool) -> tuple[nn.Module, nn.Module, OptimWrapper, float]:
+        """The stage's method, the model to step (DDP-wrapped across ranks), its optimizers, and the
+        seconds its stage-start work took (``warmup_time``: ICD's decoder pre-training steps, which the
+        official code runs as the first iterations of its schedule, so a search counts them as training)."""
         cls = get_distiller(stage.method.name)
         params = cls.Params(**stage.method.params)
         teacher = (stage.method.teacher or self.exp.first_teacher) if cls.uses_teacher else None
         distiller = cls(self.student, self.teachers, params, teacher).to(self.device)
+        t0 = time.perf_counter()
         if fresh:  # before DDP: its construction broadcasts rank 0's weights to every rank
             distiller.on_stage_start(StageStart(self._endless_batches(), stage_iters(stage.schedule, len(self.train_loader))[0], self.rank))
+        warmup_time = time.perf_counter() - t0
         model = DistillModel(self.student, distiller, self.teachers)
         if is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=cls.may_skip_params)
         optim = OptimWrapper.build(self.student, distiller, self.exp.optim, fp16=self.amp_dtype is torch.float16)
-        return model, distiller, optim
+        return model, distiller, optim, warmup_time
 
     def _endless_batches(self):
         """Preprocessed training batches for a method's stage-start work, epoch after epoch."""
@@ -180,7 +184,7 @@ class Worker:
             return 0, 0
         state_dict, history = load_stage(self._prefix_uri(found), self.device)
         self.student.load_state_dict(state_dict)
-        self.history = [{**h, "stage_reused": 1, "train_time": 0.0, "eval_time": 0.0} for h in history]
+        self.history = [{**h, "stage_reused": 1, "train_time": 0.0, "eval_time": 0.0, "warmup_time": 0.0} for h in history]
         for metrics in self.history:
             ray.train.report(metrics, checkpoint=None)
         for i in range(found + 1):
@@ -212,7 +216,7 @@ class Worker:
         stage = self.stages[stage_idx]
         if len(self.stages) > 1:  # single-stage runs keep the seeding they always had
             self._seed(stage_idx)
-        model, distiller, optim = self._build_stage(stage, fresh=resume is None)
+        model, distiller, optim, warmup_time = self._build_stage(stage, fresh=resume is None)
         total, epochs = stage_iters(stage.schedule, len(self.train_loader))
         it, epoch = 0, 0
         if resume:
@@ -233,7 +237,9 @@ class Worker:
             metrics = self.evaluate()
             metrics.update(losses, **self.student_cost)
             metrics.update(epoch=global_epoch, stage=stage_idx + 1, iteration=it, time_per_iter=time_per_iter,
-                           train_time=train_time, eval_time=time.perf_counter() - t1, stage_done=int(done))
+                           train_time=train_time, eval_time=time.perf_counter() - t1, warmup_time=warmup_time,
+                           stage_done=int(done))
+            warmup_time = 0.0  # reported once, with the stage's first epoch
             if self.rank == 0 and done and len(self.stages) > 1:
                 metrics[f"stage{stage_idx + 1}_bbox_mAP"] = metrics["bbox_mAP"]  # one number per stage in MLflow
             if self.rank == 0:
