@@ -67,7 +67,7 @@ def _init_args(quiet: bool) -> dict[str, Any]:
     controllers and workers log every step of their life at INFO) and only Ray's own errors; what a
     user needs from the workers (reports, a failed trial's reason) reaches the driver through Tune."""
     return {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO,
-            "runtime_env": {"env_vars": _train_env()}}
+            "runtime_env": {"env_vars": train_env()}}
 
 
 # How often a Ray Train controller polls its workers (Ray's default 2 s). It notices a finished run
@@ -76,7 +76,7 @@ def _init_args(quiet: bool) -> dict[str, Any]:
 TRAIN_POLL_S = "0.5"
 
 
-def _train_env() -> dict[str, str]:
+def train_env() -> dict[str, str]:
     """Environment of this job's Ray processes (Ray Train's controllers read theirs); a value the
     user set wins."""
     name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
