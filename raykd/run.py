@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from raykd.check import SearchPlan, print_check
-from raykd.cli_common import parse_schedule, parse_sets, with_workers
+from raykd.cli.check import SearchPlan, print_check
+from raykd.cli.options import parse_schedule, parse_sets, with_workers
+from raykd.cli.report import metrics_table, stage_rows
+from raykd.common.errors import exits_cleanly
+from raykd.common.files import write_json_atomic
 from raykd.config import MethodSpec, RunSpec
-from raykd.errors import exits_cleanly
 from raykd.eval.coco import METRIC_NAMES
-from raykd.files import write_json_atomic
 from raykd.load import load_experiment, validate_method
-from raykd.report import metrics_table, stage_rows
 from raykd.train.checks import check_pairings, method_pairs
 from raykd.train.stages import stage_teachers
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from raykd.errors import ConfigError, exits_cleanly
+from raykd.common.errors import ConfigError, exits_cleanly
 from raykd.search.layout import PARETO_FILE, read_state
 from raykd.tracking.store import Tracker, absolute_uri
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     space, results_dir, uri = _load(args)
     if args.check:
-        from raykd.check import SearchPlan, print_check
+        from raykd.cli.check import SearchPlan, print_check
 
         plan = SearchPlan(trials=space.search.num_samples, schedule=space.schedule, subset=space.subset)
         return print_check(space.exp, space.run_resources, plan)
@@ -103,7 +103,7 @@ def _pareto_line(space, outcome) -> str:
 
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
-    from raykd.report import metrics_table
+    from raykd.cli.report import metrics_table
     from raykd.search.fidelity import search_fidelity
 
     tl = outcome.timeline

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 
 TESTS = Path(__file__).parent
 TINY = TESTS / "data" / "tiny.yaml"

@@ -12,8 +12,8 @@ import torch
 import yaml
 from conftest import GN_HEAD, NECK, SCRATCH, TINY
 
+from raykd.common.errors import ConfigError
 from raykd.data.shapes import CLASSES
-from raykd.errors import ConfigError
 from raykd.load import load_experiment
 from raykd.models.builder import PRETRAINED_ENV, build_detector, load_weights, pretrained_file
 from raykd.models.checkpoints import recorded_classes, safe_load

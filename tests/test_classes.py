@@ -11,10 +11,10 @@ from conftest import GN_HEAD, NECK, SCRATCH
 from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
+from raykd.common.errors import ConfigError
 from raykd.data.classes import file_class_map
 from raykd.data.loaders import SplitPaths, build_dataset, dataset_class_maps, resolve_data
 from raykd.data.shapes import CLASSES
-from raykd.errors import ConfigError
 from raykd.eval.coco import coco_metrics, detections_to_coco, load_gt
 from raykd.load import load_experiment
 from raykd.models.builder import build_detector, load_weights

@@ -18,7 +18,7 @@ import pytest
 from conftest import TESTS
 from mlflow.tracking import MlflowClient
 
-from raykd.cache import cache_root
+from raykd.common.cache import cache_root
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import TINY, assert_refused
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 from raykd.load import load_experiment
 
 

@@ -7,11 +7,11 @@ import yaml
 from cocoset import coco_experiment, tiny_coco
 from conftest import TINY
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Schedule
 from raykd.config.run import DataSubset
 from raykd.data.loaders import build_datasets
 from raykd.data.subsets import TRAIN_STREAM, choose_ids
-from raykd.errors import ConfigError
 from raykd.eval.coco import coco_metrics, load_gt
 from raykd.load import load_experiment
 from raykd.spaces import load_space

@@ -82,3 +82,11 @@ def test_cli_modules_leave_the_heavy_stacks_to_their_functions(module):
     code = f"import sys, {module}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
     assert not set(loaded) & set(KEPT_OUT[module]), f"importing {module} loads {sorted(set(loaded) & set(KEPT_OUT[module]))}"
+
+
+def test_the_top_level_holds_the_command_lines_and_packages_only():
+    """``raykd/`` reads as its structure: the two module CLIs (``raykd.final`` is a package with a
+    ``__main__``) beside the packages; shared helpers live in ``common`` and ``cli``."""
+    modules = {f.name for f in RAYKD.glob("*.py")} - {"__init__.py"}
+    assert modules == {"tune.py", "run.py"}
+    assert all((d / "__init__.py").is_file() for d in RAYKD.iterdir() if d.is_dir() and d.name != "__pycache__")

@@ -9,7 +9,7 @@ import yaml
 from conftest import TESTS, config_error_at
 from mlflow.tracking import MlflowClient
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 from raykd.search.algorithms import make_searcher
 from raykd.search.fidelity import search_fidelity
 from raykd.spaces import load_space, trial_method

@@ -4,10 +4,10 @@ import pytest
 import yaml
 from cocoset import coco_experiment, tiny_coco
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
 from raykd.data.loaders import build_datasets, build_loader
 from raykd.data.pipelines import data_workers, experiment_pipelines, shapes_pipeline
-from raykd.errors import ConfigError
 from raykd.load import load_experiment
 from raykd.models.builder import load_config
 

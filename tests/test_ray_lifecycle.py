@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
-from raykd.errors import ConfigError
 from raykd.train.cluster import (
     NodeCapacity,
     check_address,

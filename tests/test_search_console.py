@@ -54,8 +54,8 @@ def test_quiet_search_prints_one_line_per_trial_event(quiet):
     # trial ends in exactly one of the two lines, in its format.
     assert sorted(stopped + finished) == ["1", "2", "3", "4"]
     assert re.search(r"^--- trials: .*\d done", out, re.M)  # the table of trials
-    assert re.search(r"^\d+% of trial-slot time outside training/eval steps; per trial \(mean\): worker group start",
-                     out, re.M)
+    assert re.search(r"^\d+% of trial-slot time outside training/eval/warm-up steps \(\d+% counting ICD-style warm-up "
+                     r"as overhead\); per trial \(mean\): worker group start", out, re.M)
 
 
 def test_every_trial_records_an_ordered_timeline(quiet):

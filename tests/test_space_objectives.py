@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import TESTS, assert_refused, kd_step
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 from raykd.spaces import load_space
 
 PARETO = TESTS / "data" / "pareto_space.yaml"

@@ -161,7 +161,7 @@ def test_grid_enumerates_every_configuration_once(tmp_path):
 
 
 def test_grid_refuses_continuous_parameters_and_a_different_sample_count(tmp_path):
-    from raykd.errors import ConfigError
+    from raykd.common.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         write(tmp_path, method="feature", params={"feature": {"lambda": {"type": "loguniform", "low": 0.1, "high": 1}}},
@@ -174,7 +174,7 @@ def test_grid_refuses_continuous_parameters_and_a_different_sample_count(tmp_pat
 
 
 def test_asha_refuses_mtpd_trials_longer_than_the_fidelity(tmp_path):
-    from raykd.errors import ConfigError
+    from raykd.common.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         write(tmp_path, method="mtpd", params={"mtpd": {"order": {"type": "order", "k": 2}}},

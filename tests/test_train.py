@@ -142,7 +142,7 @@ def test_teacher_is_frozen_and_outside_the_student(student, teachers, batch):
 
 
 def test_checkpoint_that_does_not_match_the_config_is_a_config_error(exp, tmp_path, teachers):
-    from raykd.errors import ConfigError
+    from raykd.common.errors import ConfigError
 
     path = tmp_path / "other.pth"
     torch.save(teachers["big"].state_dict(), path)  # wider backbone than the student

@@ -11,8 +11,8 @@ import torch
 from faults import CrashOnce, NanLossOnce
 from torch import nn
 
+from raykd.common.errors import Diverged
 from raykd.config.experiment import Optim
-from raykd.errors import Diverged
 from raykd.train.checkpoint import load_checkpoint, save_checkpoint, train_state
 from raykd.train.divergence import check_loss
 from raykd.train.hooks import TrainHook

@@ -10,7 +10,7 @@ Failure # 1 (occurred at 2026-01-01_12-00-00)
 ray::ImplicitFunc.train() (pid=4242, ip=127.0.0.1, actor_id=ab12, repr=raykd_trial)
   File "/work/main/raykd/search/trainable.py", line 77, in raykd_trial
     raise Diverged(outcome["diverged"])
-raykd.errors.Diverged: loss diverged (nan) at iteration 5 of stage 1
+raykd.common.errors.Diverged: loss diverged (nan) at iteration 5 of stage 1
 """
 
 # A worker's Diverged wrapped by Ray Train, with more lines after it.
@@ -19,7 +19,7 @@ Failure # 1 (occurred at 2026-01-01_12-00-00)
 Traceback (most recent call last):
   File "/work/main/raykd/train/loop.py", line 295, in _run_stage
     raise Diverged(f"loss diverged ({loss.item():.4g}) at iteration {it} of {label}")
-raykd.errors.Diverged: loss diverged (inf) at iteration 12 of stage 2 (gfl)
+raykd.common.errors.Diverged: loss diverged (inf) at iteration 12 of stage 2 (gfl)
 
 The above exception was the direct cause of the following exception:
 

@@ -63,7 +63,7 @@ def test_candidates_are_the_top_k_then_defaults_then_the_student_alone():
     assert [c.key for c in cands] == ["trial-t1", "trial-t2", "defaults", "student"]
     assert [c.search_score for c in cands] == [0.30, 0.25, None, None]
     assert cands[2].method == MethodSpec(name="feature") and cands[3].method == MethodSpec(name="none")
-    from raykd.errors import ConfigError
+    from raykd.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="fewer than 4"):
         candidates(rows, 4, "search")

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from raykd.errors import ConfigError, from_validation_error
+from raykd.common.errors import ConfigError, from_validation_error
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: a file in the working directory
 

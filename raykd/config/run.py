@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, PositiveInt, ValidationError
 
+from raykd.common.errors import from_validation_error
 from raykd.config.experiment import Experiment, Resources, Schedule, Strict
-from raykd.errors import from_validation_error
 
 
 class MethodSpec(Strict):

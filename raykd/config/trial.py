@@ -11,11 +11,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from raykd.common.errors import from_validation_error
+from raykd.common.files import write_text_atomic
 from raykd.config.experiment import Resources, Schedule, Strict
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import load_yaml_mapping
-from raykd.errors import from_validation_error
-from raykd.files import write_text_atomic
 
 
 class MlflowRef(Strict):

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raykd.common.errors import ConfigError
 from raykd.data.shapes import CLASSES
-from raykd.errors import ConfigError
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import CocoData, Experiment, Resources, ShapesData
-from raykd.errors import ConfigError
 from raykd.models.builder import load_config, register_mmdet
 
 # The shapes set's pack step; it names exactly the metadata evaluation and flipping read.

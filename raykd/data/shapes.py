@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from raykd.cache import build_once, cache_root
+from raykd.common.cache import build_once, cache_root
 from raykd.config.experiment import ShapesData, spec_hash
 
 CLASSES = ("circle", "square", "triangle", "cross")

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from raykd.errors import ConfigError, Diverged, exits_cleanly
-from raykd.files import write_json_atomic
+from raykd.common.errors import ConfigError, Diverged, exits_cleanly
+from raykd.common.files import write_json_atomic
 from raykd.final.resolve import (
     Promotion,
     build_spec,

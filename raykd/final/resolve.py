@@ -23,11 +23,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from raykd.cli_common import parse_schedule, with_workers
+from raykd.cli.options import parse_schedule, with_workers
+from raykd.common.errors import ConfigError, from_validation_error
 from raykd.config.experiment import DEFAULT_TRACKING_URI, Experiment, Schedule
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig, load_trial_config
-from raykd.errors import ConfigError, from_validation_error
 from raykd.load import load_experiment, validate_method
 from raykd.models.builder import build_detector, load_weights
 from raykd.search.layout import BEST_FILE, SEARCH_STATE_FILE, TRIALS_FILE

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
+from raykd.cli.report import metrics_table, stage_rows
+from raykd.common.errors import ConfigError, Diverged
+from raykd.common.files import write_json_atomic
 from raykd.config import MethodSpec
-from raykd.errors import ConfigError, Diverged
 from raykd.eval.coco import METRIC_NAMES
-from raykd.files import write_json_atomic
-from raykd.report import metrics_table, stage_rows
 from raykd.tracking.store import (
     METHOD_TAG,
     REGISTERED_MODEL_TAG,

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from raykd.common.errors import ConfigError
 from raykd.config.run import MethodSpec, RunSpec
 from raykd.config.trial import TrialConfig
 from raykd.distill.base import get_method
-from raykd.errors import ConfigError
 from raykd.final.resolve import Promotion, build_spec
 from raykd.search.layout import TRIALS_FILE
 from raykd.search.naming import shown

@@ -11,9 +11,9 @@ from typing import Any
 import ray
 from ray import tune
 
+from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig
-from raykd.files import write_json_atomic
 from raykd.final.resolve import latest_checkpoint
 from raykd.final.validate import Candidate, run_key, summarize, table_text
 from raykd.search.trainable import train_reporting_to_tune

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import COCO_PATH_KEYS, CocoData, Experiment, parse_experiment, resolve_paths
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.data.pipelines import experiment_pipelines
 from raykd.distill.base import check_method
-from raykd.errors import ConfigError
 from raykd.models.builder import check_config_exists
 from raykd.train.teachers import check_classes_and_checkpoints
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from raykd.common.errors import ConfigError
 from raykd.config.yamlio import deep_merge
-from raykd.errors import ConfigError
 from raykd.models.checkpoints import (
     allowed_globals,
     class_permutation,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 
 
 def allowed_globals() -> list:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 
 SEARCH_STATE_FILE = "search.json"  # status, MLflow parent run, wall time; rewritten atomically
 BEST_FILE = "best.yaml"  # the best trial's TrialConfig

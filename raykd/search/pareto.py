@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from raykd.files import write_text_atomic
+from raykd.common.files import write_text_atomic
 from raykd.search.layout import PARETO_FILE, PARETO_PLOT
 from raykd.spaces.schema import Objective
 

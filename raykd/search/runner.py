@@ -29,12 +29,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _load_newest_checkpoint
 
+from raykd.common.errors import ConfigError
+from raykd.common.files import write_json_atomic, write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.shapes import ShapesData
 from raykd.data.subsets import subset_size
 from raykd.distill.base import get_method
-from raykd.errors import ConfigError
-from raykd.files import write_json_atomic, write_text_atomic
 from raykd.search.algorithms import make_searcher
 from raykd.search.algorithms.optuna import STUDY_FILE, study_name
 from raykd.search.console import TABLE_EVERY_S, TrialEvents, quiet_tune

@@ -8,8 +8,8 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from raykd.common.errors import Diverged
 from raykd.config.run import RunSpec
-from raykd.errors import Diverged
 from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.train.hooks import TrainHook

@@ -124,7 +124,7 @@ def failure_reason(trial) -> str:
     except OSError:
         text = ""
     text = text or str(getattr(trial, "error_msg", "") or "")
-    for marker in ("raykd.errors.Diverged:", "Diverged:"):
+    for marker in ("raykd.common.errors.Diverged:", "Diverged:"):
         if marker in text:
             return text.split(marker, 1)[1].strip().splitlines()[0][:250]
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 from raykd.spaces.grid import ContinuousParameter, grid_points
 from raykd.spaces.sampling import define_by_run
 from raykd.spaces.schema import Order, SearchSpace

@@ -13,10 +13,10 @@ import optuna
 import torch
 from pydantic import ValidationError
 
+from raykd.common.errors import ConfigError, from_validation_error
 from raykd.config.experiment import Experiment
 from raykd.config.yamlio import load_yaml_mapping
 from raykd.distill.base import get_method, method_names
-from raykd.errors import ConfigError, from_validation_error
 from raykd.eval.coco import METRIC_NAMES
 from raykd.load import load_experiment, validate_method
 from raykd.models.builder import build_detector

@@ -30,8 +30,8 @@ from mmcv.transforms import Compose
 from mmengine.dataset import pseudo_collate
 from pydantic import BaseModel
 
+from raykd.common.errors import ConfigError
 from raykd.data.loaders import dataset_class_maps, resolve_data
-from raykd.errors import ConfigError
 from raykd.models.builder import build_detector, load_weights
 
 STUDENT_ARTIFACT = "student"

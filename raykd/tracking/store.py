@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raykd.errors import ConfigError
+from raykd.common.errors import ConfigError
 
 SECRET = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.IGNORECASE)
 KIND_TAG = "raykd.kind"  # search, trial or final

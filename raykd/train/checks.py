@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, Schedule
 from raykd.config.run import MethodSpec
 from raykd.distill.base import get_distiller, plan
-from raykd.errors import ConfigError
 from raykd.models.builder import build_detector, freeze
 
 

@@ -18,8 +18,8 @@ import ray
 from ray import tune
 from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
-from raykd.errors import ConfigError
 
 GCS_TIMEOUT_S = 2.0  # a live GCS accepts a connection at once; a dead one refuses or never answers
 

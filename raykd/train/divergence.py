@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from raykd.errors import Diverged
+from raykd.common.errors import Diverged
 from raykd.train.collectives import any_rank
 
 

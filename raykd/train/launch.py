@@ -12,10 +12,10 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raykd.cache import build_once
+from raykd.common.cache import build_once
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, ModelSpec
 from raykd.config.run import MethodSpec, RunSpec
-from raykd.errors import ConfigError
 from raykd.train.cluster import check_cluster_fits, init_ray
 from raykd.train.hooks import TrainHook
 from raykd.train.layout import STUDENT_FILE

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from raykd.common.errors import Diverged
 from raykd.config.run import RunSpec
 from raykd.data.loaders import build_datasets, build_loader
 from raykd.data.pipelines import data_workers
 from raykd.distill.base import StageStart, get_distiller
-from raykd.errors import Diverged
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raykd.cache import cache_root
+from raykd.common.cache import cache_root
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, ShapesData, spec_hash
 from raykd.data.classes import split_map
 from raykd.data.loaders import experiment_classes
-from raykd.errors import ConfigError
 from raykd.models.builder import check_model_cfg
 from raykd.models.checkpoints import (
     DENSE_CLS,

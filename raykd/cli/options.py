@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, Resources, Schedule
-from raykd.errors import ConfigError
 
 
 def parse_schedule(value: str, exp: Experiment) -> Schedule:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, Resources, Schedule
 from raykd.config.run import DataSubset
 from raykd.data.loaders import build_datasets, build_loader
 from raykd.data.subsets import subset_size
-from raykd.errors import ConfigError
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.stages import stage_iters
 from raykd.train.teachers import teacher_checkpoint

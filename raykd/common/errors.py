@@ -13,7 +13,7 @@ import pydantic
 class Diverged(RuntimeError):
     """Training stopped on a non-finite or exploding loss (the message says where). The one type for
     it: raised in a worker, by a trial to fail it in Tune, and by a final run; an error file names it
-    ``raykd.errors.Diverged: <where>``, which is how a failed trial's reason is read back."""
+    ``raykd.common.errors.Diverged: <where>``, which is how a failed trial's reason is read back."""
 
 
 class ConfigError(Exception):
