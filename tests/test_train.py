@@ -46,6 +46,9 @@ def exp(tmp_path_factory):
 def test_local_mode_run_and_checkpoint_round_trip(exp, tmp_path):
     result = run_training(spec_for(exp, 0), "local", tmp_path)
     check_history(result.return_value["history"], 3)
+    # Local mode writes its checkpoint into the run's storage, the newest only (no temporary folders).
+    kept = list((tmp_path / "local" / "checkpoints").iterdir())
+    assert kept == [Path(result.checkpoint.path)]
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STUDENT_FILE, map_location="cpu", weights_only=True)
         train_state = torch.load(Path(d) / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = build_spec(promo, args.schedule, args.workers, args.seed, args.init)
     trial, exp = promo.trial, spec.experiment
     if args.resume and spec.resources.workers == 0:
-        raise ConfigError("--resume", "", "Ray Train's local mode (workers 0) keeps no checkpoints to resume from; "
+        raise ConfigError("--resume", "", "Ray Train's local mode (workers 0) does not resume from checkpoints; "
                           "final runs that may need resuming take --workers 1 or more")
     run_name = f"final-{trial.trial_id}"
     out = (args.out or default_out(promo)).expanduser().resolve()

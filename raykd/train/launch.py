@@ -63,10 +63,20 @@ def build_trainer(
             "stages_dir": stages_uri(storage_path, name),
             "stage_cache": as_uri(stage_cache) if stage_cache else None,
             "train_hooks": list(train_hooks or []),
+            "local_checkpoints": local_checkpoints_dir(spec, storage_path, name),
         },
         scaling_config=scaling,
         run_config=run_config,
     )
+
+
+def local_checkpoints_dir(spec: RunSpec, storage_path: str | Path, name: str) -> str | None:
+    """Where a local-mode run (``workers: 0``) keeps its checkpoint: Ray Train's local mode copies
+    nothing into the run's storage, so the run writes it there itself (a local storage path; None:
+    a temporary directory)."""
+    if spec.resources.workers > 0 or "://" in str(storage_path):
+        return None
+    return str(Path(storage_path).resolve() / name / "checkpoints")
 
 
 def ddp_backend(res) -> str | None:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,13 +62,15 @@ def say(message: str) -> None:
 
 class Worker:
     def __init__(self, spec: RunSpec, stages_dir: str | None = None, stage_cache: str | None = None,
-                 hooks: list[TrainHook] | None = None):
+                 hooks: list[TrainHook] | None = None, local_checkpoints: str | None = None):
         # Phase timestamps, sent once with the first report after training started (a search's timeline).
         self.marks, self.marks_sent = {"worker_up": time.time()}, False
         self.spec = spec
         self.stages_dir = stages_dir  # where a multi-stage run keeps every stage's final student
         self.stage_cache = stage_cache  # stage prefixes shared by the trials of a search
         self.hooks = list(hooks or [])  # called at every step (raykd.train.hooks); none in production runs
+        self.local_checkpoints = local_checkpoints  # local mode: the run's own checkpoint folder
+        self.last_local_checkpoint: Path | None = None
         self.exp = spec.experiment
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -318,11 +321,19 @@ class Worker:
             if self.stage_cache and stage_idx < len(self.stages) - 1:
                 history = [{k: v for k, v in h.items() if k != "stage_reused"} for h in self.history]
                 save_stage(self._prefix_uri(stage_idx), weights, history, replace=False)
-        tmp = save_checkpoint(tempfile.mkdtemp(prefix="raykd-ckpt-"), self.student, state)
-        ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
-        # Ray copied it into the run's storage; local mode (workers: 0) keeps no copy of its own.
-        if self.spec.resources.workers > 0:
+        if self.spec.resources.workers > 0:  # Ray Train copies it into the run's storage
+            tmp = save_checkpoint(tempfile.mkdtemp(prefix="raykd-ckpt-"), self.student, state)
+            ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
             shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # Local mode keeps the directory itself as the run's checkpoint: only the newest is kept.
+        if self.local_checkpoints:
+            Path(self.local_checkpoints).mkdir(parents=True, exist_ok=True)
+        ckpt = save_checkpoint(tempfile.mkdtemp(prefix="epoch-", dir=self.local_checkpoints), self.student, state)
+        ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(ckpt)))
+        if self.last_local_checkpoint:
+            shutil.rmtree(self.last_local_checkpoint, ignore_errors=True)
+        self.last_local_checkpoint = ckpt
 
     def _with_marks(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The first report this process sends after training carries its phase timestamps; the
@@ -355,4 +366,5 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point (every worker); rank 0's return value is the run's outcome."""
     _quiet_ray_train()
     spec = RunSpec.from_dict(config["spec"])
-    return Worker(spec, config.get("stages_dir"), config.get("stage_cache"), config.get("train_hooks")).run()
+    return Worker(spec, config.get("stages_dir"), config.get("stage_cache"), config.get("train_hooks"),
+                  config.get("local_checkpoints")).run()
