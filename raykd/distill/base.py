@@ -166,9 +166,6 @@ class Distiller(Method, nn.Module):
         return [{"params": params, **base}] if params else []
 
 
-
-
-
 def method_names() -> list[str]:
     """Every name a run may use: the loss methods and the composite ones (MTPD)."""
     _import_builtin_methods()
