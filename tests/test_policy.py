@@ -8,6 +8,8 @@ from conftest import SCRATCH, kd_step
 
 from raykd.distill import get_method
 from raykd.distill.base import check_method
+from raykd.distill.frs import _HEADS as FRS_HEADS
+from raykd.distill.frs import _frs_head, richness_cls_loss
 from raykd.distill.policy_terms import (
     channel_softmax,
     channel_standardize,
@@ -202,6 +204,34 @@ def test_crosskd_terms_are_crosskd_losses_times_its_weight(student, teachers, ba
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key].item() == pytest.approx(2.0 * value.item(), rel=1e-5)
+
+
+def test_frs_and_crosskd_terms_share_one_teacher_head_run_and_change_nothing(student, teachers, batch):
+    """With both prediction terms the teacher's head runs once per level (CrossKD's run feeds FRS's
+    term too), and losses and student gradients equal, to the bit, those of each term running the
+    teacher head itself."""
+    policy = make(student, teachers, feat_weight=0, frs_weight=0.3, crosskd_weight=2.0)
+    t_head, kind = _frs_head(teachers["big"])
+    calls = []
+    # The teacher's own predictions run without grad (the cross-head path runs the predictor with it).
+    hook = getattr(t_head, FRS_HEADS[kind][1]).register_forward_hook(
+        lambda *_: calls.append(1) if not torch.is_grad_enabled() else None)
+    step = kd_step(student, teachers, batch)
+    shared = policy.losses(step)
+    hook.remove()
+    assert len(calls) == len(step.student_feats)  # once per level, not twice
+    sum(shared.values()).backward()
+    got = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad(set_to_none=True)
+
+    step = kd_step(student, teachers, batch)  # the same tensors, each term running the teacher head itself
+    own = {"loss_kd_policy_frs_cls": 0.3 * richness_cls_loss(student, teachers["big"], step, step.teacher_feats("big"))}
+    own.update({k: 2.0 * v for k, v in policy.crosskd.losses(step).items()})
+    assert shared.keys() == own.keys() and all(torch.equal(shared[k], own[k]) for k in own)
+    sum(own.values()).backward()
+    expected = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
+    student.zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize(

@@ -358,24 +358,32 @@ class CrossKD(Distiller, name="crosskd", params=CrossKDParams):
 
     # ---- the losses --------------------------------------------------------------------------
 
-    def _predictions(self, step: KDStep) -> tuple[_Outputs, _Outputs]:
-        """(cross-head, teacher) predictions over all levels."""
+    @torch.no_grad()
+    def teacher_levels(self, step: KDStep) -> list[tuple[Tensor, Tensor, tuple]]:
+        """Per level, the teacher head's held (cls, reg) features and its own (cls, reg, centerness)
+        logits. ``policy`` passes them on to its FRS term too, so the teacher head runs once."""
         t_head, k = self.teacher.bbox_head, self.index
-        cross, own = [], []
-        t_feats = step.teacher_feats(self.teacher_name)
-        for level, ((s_cls, s_reg), t) in enumerate(zip(self._student_holds(step), t_feats, strict=True)):
-            with torch.no_grad():
-                t_cls = _hold(t_head.cls_convs, t, k, self.post_act)
-                t_reg = _hold(t_head.reg_convs, t, k, self.post_act)
-                own.append(self._teacher_rest(t_cls, t_reg, level, cross=False))
+        levels = []
+        for level, t in enumerate(step.teacher_feats(self.teacher_name)):
+            t_cls = _hold(t_head.cls_convs, t, k, self.post_act)
+            t_reg = _hold(t_head.reg_convs, t, k, self.post_act)
+            levels.append((t_cls, t_reg, self._teacher_rest(t_cls, t_reg, level, cross=False)))
+        return levels
+
+    def _predictions(self, step: KDStep, levels: list[tuple[Tensor, Tensor, tuple]]) -> tuple[_Outputs, _Outputs]:
+        """(cross-head, teacher) predictions over all levels."""
+        cross = []
+        for level, ((s_cls, s_reg), (t_cls, t_reg, _)) in enumerate(zip(self._student_holds(step), levels, strict=True)):
             if self.cls_adapter is not None:
                 s_cls, s_reg = self.cls_adapter(s_cls), self.reg_adapter(s_reg)
             cross.append(self._teacher_rest(_align(s_cls, t_cls), _align(s_reg, t_reg), level, cross=True))
-        return self._outputs(cross), self._outputs(own)
+        return self._outputs(cross), self._outputs([own for _, _, own in levels])
 
-    def losses(self, step: KDStep) -> dict[str, Tensor]:
+    def losses(self, step: KDStep, teacher_levels: list[tuple[Tensor, Tensor, tuple]] | None = None) -> dict[str, Tensor]:
+        """``teacher_levels``: what ``teacher_levels(step)`` returned, if the caller already has it."""
         s_head = self.student.bbox_head
-        cross, teacher = self._predictions(step)
+        levels = teacher_levels if teacher_levels is not None else self.teacher_levels(step)
+        cross, teacher = self._predictions(step, levels)
         sizes = [f.shape[-2:] for f in step.student_feats]
         with torch.no_grad():
             recorded = (step.student_record or {}).get("targets")

@@ -120,16 +120,20 @@ def student_logits(student: nn.Module, step: KDStep) -> list[Tensor]:
     return [_HEADS[kind][0](head, s) for s in step.student_feats]
 
 
-def richness_cls_loss(student: nn.Module, teacher: nn.Module, step: KDStep, t_feats) -> Tensor:
+def richness_cls_loss(student: nn.Module, teacher: nn.Module, step: KDStep, t_feats,
+                      t_logits: list[Tensor] | None = None) -> Tensor:
     """FRS's ``L_cls`` summed over levels, unweighted and without the warm-up, for methods that
-    combine it with other terms (the heads must have passed ``frs_heads``)."""
+    combine it with other terms (the heads must have passed ``frs_heads``). ``t_logits``: the
+    teacher's cls logits per level where the caller already ran its head (else computed here)."""
     t_head, t_kind = _frs_head(teacher)
-    total = step.student_feats[0].new_zeros((), dtype=torch.float32)
-    for s_logits, t in zip(student_logits(student, step), t_feats, strict=True):
+    if t_logits is None:
         with torch.no_grad():
-            t_logits = _HEADS[t_kind][0](t_head, t).float()
-        mask, norm = richness_mask(t_logits)
-        total = total + richness_cls_level(s_logits.float(), t_logits, mask, norm)
+            t_logits = [_HEADS[t_kind][0](t_head, t) for t in t_feats]
+    total = step.student_feats[0].new_zeros((), dtype=torch.float32)
+    for s_logits, t in zip(student_logits(student, step), t_logits, strict=True):
+        t = t.float()
+        mask, norm = richness_mask(t)
+        total = total + richness_cls_level(s_logits.float(), t, mask, norm)
     return total
 
 

@@ -97,12 +97,16 @@ class Policy(Distiller, name="policy", params=PolicyParams):
 
     def losses(self, step: KDStep) -> dict[str, Tensor]:
         p, t_feats = self.params, step.teacher_feats(self.teacher_name)
+        # With a CrossKD term the teacher head runs once, for both prediction terms (no gradient:
+        # the graph, and so the gradients' summation order, is what it is without the sharing).
+        t_levels = self.crosskd.teacher_levels(step) if self.crosskd is not None else None
         losses = {}
         if self.levels:
             losses["loss_kd_policy_feat"] = self._feature_loss(step.student_feats, t_feats)
         if p.frs_weight > 0:
-            frs_cls = richness_cls_loss(self.student, self.teacher, step, t_feats)
+            t_logits = [own[0] for _, _, own in t_levels] if t_levels else None
+            frs_cls = richness_cls_loss(self.student, self.teacher, step, t_feats, t_logits)
             losses["loss_kd_policy_frs_cls"] = p.frs_weight * frs_cls
         if self.crosskd is not None:
-            losses.update({k: p.crosskd_weight * v for k, v in self.crosskd.losses(step).items()})
+            losses.update({k: p.crosskd_weight * v for k, v in self.crosskd.losses(step, t_levels).items()})
         return losses
