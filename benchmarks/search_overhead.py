@@ -75,7 +75,7 @@ def report(data: dict) -> None:
 
 
 PHASES = {
-    "before": lambda data: data.update(before=run_demo(data.get("before_commit", BEFORE))),
+    "before": lambda data: data.update(before=run_demo(BEFORE)),
     "after": lambda data: data.update(after=run_demo("HEAD")),
     "report": report,
 }

@@ -321,19 +321,17 @@ class Worker:
             if self.stage_cache and stage_idx < len(self.stages) - 1:
                 history = [{k: v for k, v in h.items() if k != "stage_reused"} for h in self.history]
                 save_stage(self._prefix_uri(stage_idx), weights, history, replace=False)
-        if self.spec.resources.workers > 0:  # Ray Train copies it into the run's storage
-            tmp = save_checkpoint(tempfile.mkdtemp(prefix="raykd-ckpt-"), self.student, state)
-            ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        # Local mode keeps the directory itself as the run's checkpoint: only the newest is kept.
         if self.local_checkpoints:
             Path(self.local_checkpoints).mkdir(parents=True, exist_ok=True)
-        ckpt = save_checkpoint(tempfile.mkdtemp(prefix="epoch-", dir=self.local_checkpoints), self.student, state)
+        ckpt = save_checkpoint(tempfile.mkdtemp(prefix="raykd-ckpt-", dir=self.local_checkpoints), self.student, state)
         ray.train.report(self._with_marks(metrics), checkpoint=ray.train.Checkpoint.from_directory(str(ckpt)))
-        if self.last_local_checkpoint:
-            shutil.rmtree(self.last_local_checkpoint, ignore_errors=True)
-        self.last_local_checkpoint = ckpt
+        # Ray Train copied a worker's checkpoint into the run's storage; local mode keeps the folder
+        # itself as the run's checkpoint, the newest only.
+        local = self.spec.resources.workers == 0
+        stale = self.last_local_checkpoint if local else ckpt
+        if stale:
+            shutil.rmtree(stale, ignore_errors=True)
+        self.last_local_checkpoint = ckpt if local else None
 
     def _with_marks(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The first report this process sends after training carries its phase timestamps; the
