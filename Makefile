@@ -8,7 +8,7 @@ STAMP := $(VENV)/.raykd-installed
 # pip caches the wheel). The build needs torch and a setuptools that still ships pkg_resources.
 BUILD_PINS := torch==2.13.0 setuptools==80.9.0 wheel ninja
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q --durations=25 tests
+
+# The unit tests only (no Ray cluster, search or CLI run end to end): minutes, for your own loop.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e" --durations=10 tests
 
 lint: install
 	$(BIN)/ruff check raykd tests benchmarks

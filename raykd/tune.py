@@ -105,6 +105,8 @@ def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
     from raykd.cli.report import metrics_table
     from raykd.search.fidelity import search_fidelity
+    from raykd.search.references import comparison_line
+    from raykd.search.trust import agreement_line
 
     tl = outcome.timeline
     print(f"search finished: {len(outcome.trials)} trials in {outcome.wall_s / 60:.1f} min "
@@ -122,6 +124,12 @@ def _print_summary(space, outcome, uri: str) -> None:
     print(f"\nbest trial {best.trial_id}: method {best.method.name} {json.dumps(best.method.params)}"
           + (f" teacher {best.method.teacher}" if best.method.teacher else ""))
     print(metrics_table({f"best ({best.method.name})": best.metrics}))
+    if outcome.vs_defaults is not None:
+        print(comparison_line(outcome.vs_defaults, search_fidelity(space).describe()))
+    if (line := agreement_line(outcome.rung_agreement, space.metric)) is not None:
+        print(line)
+    for note in space.default_notes:
+        print(f"note:          {note}")
     print(f"\nresults:       {outcome.results_dir}")
     print(f"best config:   {outcome.results_dir / 'best.yaml'}")
     if outcome.pareto is not None:

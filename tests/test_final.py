@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import TESTS, config_error_at
 
-from raykd.final.run import CONFIG_FILE, FINAL_STATE_FILE, check_out
+from raykd.final.run import CONFIG_FILE, FINAL_STATE_FILE, resumable_state
 
 SPACE = TESTS / "data" / "final_space.yaml"
 SCHEDULE = ["--schedule", "1"]
@@ -226,6 +226,62 @@ def test_diverged_run_exits_1_with_one_line(search, tmp_path, capsys):
     assert not (tmp_path / "out" / "final.json").exists()
 
 
+def _fail(phase):
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"injected failure: {phase}")
+
+    return fail
+
+
+# Where a final run can fail after its MLflow run was opened: (module, function, phase).
+FAILING_PHASES = {
+    "teacher training": ("raykd.train.launch", "ensure_teachers"),
+    "training": ("raykd.train.launch", "run_training"),
+    "registration": ("raykd.tracking.registry", "register_student"),
+}
+
+
+@pytest.mark.parametrize("phase", list(FAILING_PHASES))
+def test_a_failure_at_each_phase_ends_the_run_failed(search, tmp_path, monkeypatch, phase):
+    import importlib
+
+    from raykd.final import main
+
+    module, name = FAILING_PHASES[phase]
+    monkeypatch.setattr(importlib.import_module(module), name, _fail(phase))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=f"injected failure: {phase}"):
+        main([str(search["dir"] / "best.yaml"), "--workers", "0", *SCHEDULE, "--out", str(out)])
+    state = json.loads((out / FINAL_STATE_FILE).read_text())
+    run = client(search["uri"]).get_run(state["run_id"])
+    assert (state["status"], run.info.status) == ("failed", "FAILED")
+    assert state["reason"] == run.data.tags["raykd.failure_reason"] == f"injected failure: {phase}"
+    assert not (out / "final.json").exists()
+
+
+def test_a_baseline_that_does_not_finish_is_reported_and_the_student_registered(search, tmp_path, monkeypatch, capsys):
+    """--baseline whose run diverges: one line says so, the distilled student is still registered
+    (this died with a TypeError on the frozen RunOutcome before)."""
+    from raykd.final import main
+    from raykd.train import launch
+    from raykd.train.launch import RunOutcome
+
+    real, calls = launch.run_outcome, []
+
+    def baseline_diverges(result):
+        calls.append(result)
+        return RunOutcome([], "loss diverged (injected)", []) if len(calls) == 2 else real(result)
+
+    monkeypatch.setattr(launch, "run_outcome", baseline_diverges)
+    summary = main([str(search["dir"] / "best.yaml"), "--workers", "0", *SCHEDULE, "--baseline",
+                    "--out", str(tmp_path / "out")])
+    assert len(calls) == 2 and summary["baseline"] is None
+    assert "the student-only baseline did not finish: loss diverged (injected)" in capsys.readouterr().out
+    c = client(search["uri"])
+    assert c.get_run(summary["run_id"]).info.status == "FINISHED"
+    assert c.get_model_version(summary["model"]["name"], summary["model"]["version"]).run_id == summary["run_id"]
+
+
 def test_bad_inputs_exit_2_with_one_line(search, tmp_path):
     from raykd.load import load_experiment
     from raykd.train.teachers import teacher_checkpoint
@@ -346,6 +402,6 @@ def test_resume_accepts_a_spec_saved_with_the_retired_faults_field(tmp_path, fau
     (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump({"spec": {**spec, "faults": faults}}))
     if refused:
         with config_error_at("spec.faults", tmp_path / CONFIG_FILE):
-            check_out(tmp_path, "final-x", {"spec": spec}, resume=True)
+            resumable_state(tmp_path, "final-x", {"spec": spec}, resume=True)
     else:
-        assert check_out(tmp_path, "final-x", {"spec": spec}, resume=True)["run_id"] == "r"
+        assert resumable_state(tmp_path, "final-x", {"spec": spec}, resume=True)["run_id"] == "r"

@@ -37,7 +37,8 @@ def test_one_parent_and_one_child_per_trial(asha_search):
     c, parents, children = runs_of(uri)
     assert len(parents) == 1 and parents[0].info.run_id == outcome.parent_run_id
     assert parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and len({r.data.tags["raykd.trial_id"] for r in children}) == 4
+    # 4 sampled trials and 2 references: feature's and ICD's defaults (MTPD has none: its order is required)
+    assert len(children) == 6 and len({r.data.tags["raykd.trial_id"] for r in children}) == 6
     for r in children:
         assert r.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
         assert r.info.status == "FINISHED"
@@ -82,7 +83,42 @@ def test_asha_stopped_a_trial_and_optuna_saw_it_pruned(asha_search):
                               storage=f"sqlite:///{outcome.results_dir / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
-    assert states.count(optuna.trial.TrialState.COMPLETE) == len(children) - len(stopped)
+    references = [r for r in children if r.data.tags.get("raykd.reference") == "defaults"]
+    assert not any(r in stopped for r in references)  # never stopped: compared at the search fidelity
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(children) - len(stopped) - len(references)
+
+
+def test_each_methods_defaults_run_first_as_labelled_reference_trials(asha_search):
+    """The space's methods at their defaults (fixed values kept) are trials of their own, created
+    first, labelled everywhere, not points of the Optuna study; the summary compares the best trial
+    with its method's defaults (or the best defaults when its method has none) at the same fidelity."""
+    import json
+
+    outcome, uri = asha_search
+    c, parents, children = runs_of(uri)
+    refs = {r.data.params["method"]: r for r in children if r.data.tags.get("raykd.reference") == "defaults"}
+    assert set(refs) == {"feature", "icd"}
+    for method, r in refs.items():
+        assert r.info.run_name in (f"trial 1 {method} defaults", f"trial 2 {method} defaults")
+        assert r.data.params["reference"] == "defaults" and r.data.metrics["epoch"] == 3
+        assert not any(k.startswith(f"{method}.") and k != "icd.warmup_iters" for k in r.data.params)
+    assert refs["icd"].data.params["icd.warmup_iters"] == "2"  # the space's fixed value holds for the defaults too
+    ranking = yaml.safe_load((outcome.results_dir / "trials.yaml").read_text())["trials"]
+    ref_rows = [row for row in ranking if row.get("reference") == "defaults"]
+    assert {row["trial"]["method"]["name"] for row in ref_rows} == {"feature", "icd"}
+    assert [row["trial"]["method"].get("params", {}) for row in ref_rows if row["trial"]["method"]["name"] == "feature"] == [{}]
+
+    cmp = outcome.vs_defaults
+    full = [row for row in ranking if row["epoch"] == 3]
+    best = full[0]
+    best_method = best["trial"]["method"]["name"]
+    same = [row for row in ref_rows if row["trial"]["method"]["name"] == best_method]
+    ref = same[0] if same else ref_rows[0]
+    assert cmp["best"]["trial_id"] == best["trial"]["trial_id"] and cmp["defaults"]["trial_id"] == ref["trial"]["trial_id"]
+    assert cmp["gain"] == pytest.approx(ref["score"] - best["score"])  # metric loss, mode min
+    assert cmp["same_method"] == bool(same)
+    assert json.loads((outcome.results_dir / "search.json").read_text())["vs_defaults"] == cmp
+    assert parents[0].data.metrics["best_vs_defaults"] == pytest.approx(cmp["gain"])
 
 
 def test_best_yaml_matches_the_best_child(asha_search):
@@ -109,6 +145,7 @@ BAD_SPACES = {
     "unknown distribution": ({"params": {"feature": {"lambda": {"type": "gaussian"}}}}, "params.feature.lambda"),
     "bad sampler": ({"search": {"sampler": "bayes"}}, "search.sampler"),
     "missing experiment": ({"experiment": "nowhere.yaml"}, "experiment"),
+    "metric typo": ({"metric": "bbox_map"}, "metric"),
     "heads never divide": ({"method": "icd", "params": {"icd": {"hidden_dim": {"type": "choice", "values": [30]}, "num_heads": {"type": "choice", "values": [4], "divides": "hidden_dim"}}}}, "params.icd.num_heads.divides"),
 }
 
@@ -132,3 +169,26 @@ def test_help_lists_every_option():
     out = subprocess.run([sys.executable, "-m", "raykd.tune", "--help"], capture_output=True, text=True).stdout
     for opt in ("--results-dir", "--resume", "--tracking-uri", "--address", "--num-samples"):
         assert opt in out
+
+
+def test_the_rank_agreement_between_rungs_is_reported(asha_search):
+    """Kendall τ between ASHA's rungs (1, 2, 3 epochs here) over the trials that reached both, from
+    the same per-epoch scores MLflow holds, in search.json and on the parent run."""
+    import json
+
+    from raykd.search.trust import rung_agreement
+
+    outcome, uri = asha_search
+    c, parents, children = runs_of(uri)
+    histories = {r.data.tags["raykd.trial_id"]: {m.step: m.value for m in c.get_metric_history(r.info.run_id, "loss")}
+                 for r in children}
+    expected = rung_agreement(histories, [1, 2, 3])
+    assert [r["trials"] for r in expected][0] == 6  # every trial reached the first rung
+    saved = json.loads((outcome.results_dir / "search.json").read_text())["rung_agreement"]
+    assert [(r["from_epoch"], r["to_epoch"], r["trials"]) for r in saved] == [
+        (r["from_epoch"], r["to_epoch"], r["trials"]) for r in expected]
+    for got, want in zip(saved, expected, strict=True):
+        assert got["kendall_tau"] == (None if want["kendall_tau"] is None else pytest.approx(want["kendall_tau"]))
+        if want["kendall_tau"] is not None:
+            key = f"rung_tau_{want['from_epoch']}_{want['to_epoch']}"
+            assert parents[0].data.metrics[key] == pytest.approx(want["kendall_tau"])

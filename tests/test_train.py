@@ -171,14 +171,16 @@ def test_run_cli_prints_a_table_and_writes_metrics(exp, tmp_path, capsys):
 
 def test_a_cli_joins_the_ray_instance_already_running_here(exp, tmp_path, ray_cluster):
     """Without --address/RAY_ADDRESS a second local Ray instance would break Ray Train's
-    placement-group cleanup, so the CLI joins the one that runs (this test session's)."""
+    placement-group cleanup, so the CLI joins the one that runs (this test session's). That instance
+    wants Ray's auth token (Ray 2.59+ turns token auth on for local instances): the CLI, started from
+    a shell that never set RAY_AUTH_MODE, must use the token Ray wrote for it (it was refused before)."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     proc = subprocess.run([sys.executable, "-m", "raykd.run", str(TINY), "--workers", "1", "--schedule", "1",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "joining the Ray instance already running here" in proc.stdout
+    assert "joined the Ray instance already running here" in proc.stdout
     assert (tmp_path / "out" / "metrics.json").is_file()

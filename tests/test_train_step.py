@@ -279,3 +279,26 @@ def test_the_loop_calls_hooks_in_order_before_the_guard(tiny_exp, tmp_path, monk
     assert outcome["diverged"] == "loss diverged (nan) at iteration 1 of stage 1/1 none"
     assert [c[:2] for c in before.calls] == [(0, 0), (1, 0)] and outcome["history"] == []
     assert after.calls[0] == before.calls[0] and math.isnan(after.calls[1][2])  # the NaN reached it
+
+
+def test_the_loss_scale_is_saved_and_restored_with_the_optimizers():
+    """fp16: the GradScaler's scale and growth tracker survive a checkpoint round trip (a resumed run
+    keeps its loss scale), through torch.save and a weights_only load as a checkpoint is written."""
+    import io
+
+    student, distiller = models()
+    wrapper = OptimWrapper(build_optimizers(student, distiller, OPTIM), OPTIM.grad_clip, fp16=True, device="cpu")
+    wrapper.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    for x in batches(3):  # finite steps: the scale grows every second one
+        wrapper.update_params(loss_of(student, distiller, x))
+    assert wrapper.scaler.get_scale() == 2.0**11 and wrapper.scaler._get_growth_tracker() == 1
+    buffer = io.BytesIO()
+    torch.save(wrapper.state_dict(), buffer)
+    buffer.seek(0)
+    restored = OptimWrapper(build_optimizers(*models(), OPTIM), OPTIM.grad_clip, fp16=True, device="cpu")
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.scaler.get_scale() == 2.0**11 and restored.scaler._get_growth_tracker() == 1
+    assert restored.scaler.state_dict() == wrapper.scaler.state_dict()
+    fresh = OptimWrapper(build_optimizers(*models(), OPTIM), OPTIM.grad_clip, fp16=True, device="cpu")
+    fresh.load_state_dict(wrapper.state_dict()["optimizers"])  # a checkpoint from before: scaler afresh
+    assert fresh.scaler.get_scale() == 2.0**16

@@ -118,7 +118,7 @@ def _teacher(exp: Experiment, name: str, classes) -> tuple[nn.Module, str]:
         load_weights(model, ckpt, exp.source, f"teachers.{name}.checkpoint", classes=classes)
         weights = f"checkpoint {ckpt} loaded"
     else:  # only a `train:` teacher can be missing here (a given checkpoint was checked on loading)
-        weights = f"not trained yet: trained on first use ({_length(spec.train.schedule)}), timed untrained"
+        weights = f"not trained yet: trained on first use ({spec.train.schedule.text()}), timed untrained"
     return freeze(model), f"teacher   {name}: {spec.config}: {_millions(model)} M parameters, {weights}"
 
 
@@ -189,10 +189,6 @@ def _detail(schedule: Schedule, extra: list[str]) -> str:
     """`` (2 epochs, 500 of 2000 train images)``; a length in iterations was already said."""
     parts = ([f"{schedule.epochs} epochs"] if schedule.epochs is not None else []) + extra
     return f" ({', '.join(parts)})" if parts else ""
-
-
-def _length(schedule: Schedule) -> str:
-    return f"{schedule.epochs} epochs" if schedule.epochs is not None else f"{schedule.iters} iterations"
 
 
 def _millions(model: nn.Module) -> str:

@@ -90,6 +90,10 @@ class Schedule(Strict):
             raise ValueError("give exactly one of epochs or iters")
         return self
 
+    def text(self) -> str:
+        """``8 epochs`` or ``300 iterations``: how every table and log line names a schedule."""
+        return f"{self.epochs} epochs" if self.epochs is not None else f"{self.iters} iterations"
+
 
 class CosineSchedule(Strict):
     """Cosine decay from the base lr to 5 % of it over the schedule."""

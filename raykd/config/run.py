@@ -35,7 +35,7 @@ class RunSpec(Strict):
     schedule: Schedule
     seed: int = 0
     resources: Resources
-    # Start the student from these weights (MTPD stages, resumed final runs).
+    # Start the student from these weights (`raykd.final --init`).
     init_checkpoint: str | None = None
     # Search trials may see part of the data (a space's fidelity); final runs always see all of it.
     subset: DataSubset | None = None

@@ -2,8 +2,8 @@
 
 A method is an ``nn.Module`` that owns its extra trainable parts (adapters, decoders) and turns one
 training step's tensors into named losses. It never owns the teachers: they are frozen, live outside
-the student's ``state_dict`` and are reached through ``KDStep.teacher_feats`` so that a shared
-teacher-output cache can later stand behind that call without any method changing.
+the student's ``state_dict`` and are reached through ``KDStep.teacher_feats`` (the step computes each
+teacher's features once, for every method that asks).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
+
+from raykd.config.experiment import Schedule
+from raykd.config.run import MethodSpec
 
 
 class MethodParams(BaseModel):
@@ -58,12 +61,10 @@ class StageStart:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a run: a loss method over part of the schedule. ``method`` is a MethodSpec and
-    ``schedule`` a Schedule (raykd.config types; annotated loosely so that this module, which the
-    config layer validates against, does not import it)."""
+    """One stage of a run: a loss method over part of the schedule."""
 
-    method: Any
-    schedule: Any
+    method: MethodSpec
+    schedule: Schedule
 
 
 _METHODS: dict[str, type[Method]] = {}

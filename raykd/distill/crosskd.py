@@ -143,9 +143,15 @@ def _align(s: Tensor, t: Tensor, eps: float = 1e-6) -> Tensor:
     std only. Statistics in float32 even under autocast.
     """
     dims = (0, 2, 3)
-    s_std, s_mean = torch.std_mean(s.float(), dim=dims, keepdim=True, correction=1)
-    t_std, t_mean = torch.std_mean(t.float(), dim=dims, keepdim=True, correction=1)
-    return (s.float() - s_mean) / (s_std + eps) * t_std + t_mean
+    s, t = _at_least_fp32(s), _at_least_fp32(t)
+    s_std, s_mean = torch.std_mean(s, dim=dims, keepdim=True, correction=1)
+    t_std, t_mean = torch.std_mean(t, dim=dims, keepdim=True, correction=1)
+    return (s - s_mean) / (s_std + eps) * t_std + t_mean
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """Half precision (autocast) up to float32; float32 as it is; float64 kept (gradient tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _flat(x: Tensor, width: int) -> Tensor:
@@ -279,11 +285,11 @@ class CrossKD(Distiller, name="crosskd", params=CrossKDParams):
         reg = getattr(head, spec.reg)(reg_feat)
         if spec.scaled:
             reg = head.scales[level](reg)
-        reg = reg.float()
+        reg = _at_least_fp32(reg)
         if spec.box == "iou":  # FCOS distances (kept in stride units when norm_on_bbox: IoU is scale-free)
             reg = reg.clamp(min=0) if head.norm_on_bbox else reg.exp()
-        centerness = getattr(head, spec.centerness)(reg_feat).float() if spec.centerness else None
-        return getattr(head, spec.cls)(cls_feat).float(), reg, centerness
+        centerness = _at_least_fp32(getattr(head, spec.centerness)(reg_feat)) if spec.centerness else None
+        return _at_least_fp32(getattr(head, spec.cls)(cls_feat)), reg, centerness
 
     def _outputs(self, per_level: list[tuple]) -> _Outputs:
         n_cls, n_priors = self.student.bbox_head.cls_out_channels, self.student.bbox_head.num_base_priors

@@ -354,7 +354,7 @@ class ICD(Distiller, name="icd", params=ICDParams):
 
     def param_groups(self, base: dict[str, float]) -> list[dict]:
         """Decoder, query encoder, aux head and the student's value projections: the official
-        decoder optimiser, with its own clip (the loop clips a group carrying ``clip_grad`` alone)."""
+        decoder optimiser, with its own clip (``OptimWrapper`` clips a group carrying ``clip_grad`` alone)."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "optimizer": "adamw", "lr": DECODER_LR, "weight_decay": DECODER_WEIGHT_DECAY, "clip_grad": DECODER_CLIP}]
 

@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from raykd.common.errors import ConfigError, Diverged, exits_cleanly
-from raykd.common.files import write_json_atomic
 from raykd.final.resolve import (
     Promotion,
     build_spec,
@@ -31,16 +30,14 @@ from raykd.final.run import (
     CONFIG_FILE,
     FINAL_STATE_FILE,
     SUMMARY_FILE,
-    FinalStatus,
-    check_out,
     register_validated,
+    resumable_state,
     run_params,
-    schedule_text,
     train_and_register,
 )
 from raykd.final.validate import VALIDATION_FILE, candidates, ranked_trials, run_specs
+from raykd.tracking.lifecycle import TrackedRun
 from raykd.tracking.store import (
-    FAILURE_TAG,
     KIND_TAG,
     NOTE_TAG,
     OUT_DIR_TAG,
@@ -97,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_name = f"final-{trial.trial_id}"
     out = (args.out or default_out(promo)).expanduser().resolve()
     config = {"trial": trial.model_dump(mode="json", exclude_none=True), "spec": spec.to_dict()}
-    state = check_out(out, run_name, config, args.resume)
+    state = resumable_state(out, run_name, config, args.resume)
     if state is not None and (ckpt := latest_checkpoint(out / "ray" / run_name)) is not None:
         check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
     uri = args.tracking_uri or (state or {}).get("tracking_uri") or promo.tracking_uri or exp.tracking_uri
@@ -118,34 +115,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tags[SEARCH_TRIAL_RUN_TAG] = trial.mlflow.run_id
         # The description links the search and the trial this run retrains (the UI renders it).
         tags[NOTE_TAG] = tracker.note_with_links(
-            f"Final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}).",
+            f"Final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}).",
             {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
         run_id = tracker.start_run(exp.name, f"final {trial.trial_id} {spec.method.name}", tags)
         tracker.log_params(run_id, run_params(spec, trial))
-    state = {"run_id": run_id, "tracking_uri": uri, "status": FinalStatus.RUNNING.value, "trial_id": trial.trial_id}
-    write_json_atomic(out / FINAL_STATE_FILE, state)
-    print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {schedule_text(spec.schedule)}, "
+    state = {"run_id": run_id, "tracking_uri": uri, "trial_id": trial.trial_id}
+    print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}, "
           f"seed {spec.seed}) -> {out}", flush=True)
     try:
-        summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline)
+        with TrackedRun(tracker, run_id, out / FINAL_STATE_FILE, state):
+            summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline)
     except Diverged as err:
-        tracker.set_tags(run_id, {FAILURE_TAG: str(err)[:250]})
-        tracker.end_run(run_id, FinalStatus.DIVERGED.mlflow_status)
-        write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": FinalStatus.DIVERGED.value})
         print(f"error: run diverged: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    except BaseException as err:
-        interrupted = isinstance(err, KeyboardInterrupt)
-        tracker.set_tags(run_id, {FAILURE_TAG: (str(err).strip().splitlines() or [type(err).__name__])[-1][:250]})
-        status = FinalStatus.INTERRUPTED if interrupted else FinalStatus.FAILED
-        tracker.end_run(run_id, status.mlflow_status)
-        write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": status.value})
-        if interrupted:
-            print(f"\nfinal run stopped; continue it with: python -m raykd.final {args.input} --resume --out {out}",
-                  file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nfinal run stopped; continue it with: python -m raykd.final {args.input} --resume --out {out}",
+              file=sys.stderr)
         raise
-    tracker.end_run(run_id, FinalStatus.FINISHED.mlflow_status)
-    write_json_atomic(out / FINAL_STATE_FILE, {**state, "status": FinalStatus.FINISHED.value})
     print(f"\nregistered model: {summary['model']['name']} version {summary['model']['version']} ({uri})")
     print(f"summary written to {out / SUMMARY_FILE}")
     return summary

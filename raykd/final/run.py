@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from raykd.common.errors import ConfigError, Diverged
 from raykd.common.files import write_json_atomic
 from raykd.config import MethodSpec
 from raykd.eval.coco import METRIC_NAMES
+from raykd.tracking.lifecycle import RunStatus
 from raykd.tracking.store import (
     METHOD_TAG,
     REGISTERED_MODEL_TAG,
@@ -27,28 +27,9 @@ from raykd.tracking.store import (
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.stages import stage_teachers
 
-
-class FinalStatus(StrEnum):
-    """A final run's lifecycle in its state file, and the MLflow run status each one ends with."""
-
-    RUNNING = "running"
-    FINISHED = "finished"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def mlflow_status(self) -> str:
-        return {"finished": "FINISHED", "interrupted": "KILLED", "running": "RUNNING"}.get(self.value, "FAILED")
-
-
 FINAL_STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
 CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
 SUMMARY_FILE = "final.json"
-
-
-def schedule_text(schedule) -> str:
-    return f"{schedule.epochs} epochs" if schedule.epochs is not None else f"{schedule.iters} iters"
 
 
 # Run-spec fields older raykd versions saved and this one no longer has, with the value that meant
@@ -72,7 +53,7 @@ def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
     return None if a == b else (key or "(root)")
 
 
-def check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+def resumable_state(out: Path, run_name: str, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The saved state of a final run in ``out`` (with --resume), after checking it is this one."""
     state_path, run_dir = out / FINAL_STATE_FILE, out / "ray" / run_name
     if not resume:
@@ -83,7 +64,7 @@ def check_out(out: Path, run_name: str, config: dict[str, Any], resume: bool) ->
     if not state_path.is_file():
         raise ConfigError(str(out), "--resume", f"no final run to resume here (no {FINAL_STATE_FILE})")
     state = json.loads(state_path.read_text())
-    if state.get("status") == FinalStatus.FINISHED:
+    if state.get("status") == RunStatus.FINISHED:
         raise ConfigError(str(out), "--resume", f"this final run already finished (see {out / SUMMARY_FILE})")
     saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
     if saved is not None:
@@ -151,14 +132,15 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
         base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
         base = run_outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
         if base.diverged or not base.history:
-            print(f"[raykd] the student-only baseline did not finish: {base['diverged']}", flush=True)
+            why = base.diverged or "it reported no epoch"
+            print(f"[raykd] the student-only baseline did not finish: {why}", flush=True)
         else:
             baseline_metrics = {k: float(v) for k, v in base.history[-1].items() if k in METRIC_NAMES}
             tracker.log_metrics(run_id, {f"baseline_{k}": v for k, v in baseline_metrics.items()}, last_epoch)
 
     name = registered_name(exp)
     description = (
-        f"{spec.method.name} distillation of {exp.name} (trial {trial.trial_id}), {schedule_text(spec.schedule)}, "
+        f"{spec.method.name} distillation of {exp.name} (trial {trial.trial_id}), {spec.schedule.text()}, "
         f"seed {spec.seed}: val bbox_mAP {final_metrics.get('bbox_mAP', float('nan')):.4f}"
         + (f" (search fidelity {trial.metrics['bbox_mAP']:.4f})" if "bbox_mAP" in trial.metrics else "")
     )
@@ -171,9 +153,9 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
 
     teacher_rows = {n: teacher_metrics(exp, n) for n in teachers}
     rows = {f"teacher {n}": m for n, m in teacher_rows.items()}
-    rows[f"trial {trial.trial_id} at search fidelity ({schedule_text(trial.schedule)})"] = trial.metrics
+    rows[f"trial {trial.trial_id} at search fidelity ({trial.schedule.text()})"] = trial.metrics
     rows.update(stage_rows(outcome.stages, "final student"))
-    rows[f"final student ({spec.method.name}, {schedule_text(spec.schedule)})"] = final_metrics
+    rows[f"final student ({spec.method.name}, {spec.schedule.text()})"] = final_metrics
     if baseline_metrics is not None:
         rows["student only (none)"] = baseline_metrics
     print("\n" + metrics_table(rows))
@@ -203,7 +185,7 @@ def register_validated(tracker, run_id: str, exp, student: Path, metrics: dict[s
     from raykd.tracking.registry import register_student, registered_name
 
     description = (f"{spec.method.name} distillation of {exp.name}, validated: {key} "
-                   f"({schedule_text(spec.schedule)}, seed {spec.seed}): val bbox_mAP "
+                   f"({spec.schedule.text()}, seed {spec.seed}): val bbox_mAP "
                    f"{metrics.get('bbox_mAP', float('nan')):.4f}; the best full-schedule mean of the validation "
                    f"of search run {promo.parent_run_id} (see its validation.json)")
     version = register_student(tracker.uri, run_id, exp, student, metrics,

@@ -74,6 +74,12 @@ def candidates(rows: list[dict[str, Any]], top_k: int, source: str) -> list[Cand
     if best.method.name == "none":
         return [*found, student]
     defaults = default_method(best.method)
+    # The search's own reference trial of these defaults, when it is among the K: it is the defaults row.
+    for i, (t, r) in enumerate(zip(trials, rows, strict=False)):
+        if r.get("reference") == DEFAULTS and t.method == defaults:
+            found[i] = Candidate(DEFAULTS, f"{describe_method(defaults)} (defaults)", defaults, t, found[i].search_score,
+                                 found[i].search_epoch)
+            return [*found, student]
     return [*found, Candidate(DEFAULTS, f"{describe_method(defaults)} (defaults)", defaults, best), student]
 
 
@@ -164,53 +170,24 @@ def paired(a: dict[str, Any], b: dict[str, Any] | None, seeds: list[int]) -> dic
     return out
 
 
-def _ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman_rho(x: list[float], y: list[float]) -> float | None:
-    """Pearson correlation of the ranks (None below 2 pairs or for a constant side)."""
-    if len(x) < 2:
-        return None
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx and syy else None
+    """scipy's Spearman ρ (None below 2 pairs or for a constant side, where scipy gives nan)."""
+    return _rank_correlation("spearmanr", x, y)
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float | None:
-    """Kendall's tau-b (ties in either ranking are accounted for, as scipy's default)."""
-    n = len(x)
-    if n < 2:
+    """scipy's Kendall τ-b (ties in either ranking accounted for; None where it is undefined)."""
+    return _rank_correlation("kendalltau", x, y)
+
+
+def _rank_correlation(name: str, x: list[float], y: list[float]) -> float | None:
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif dx * dy > 0:
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denom if denom else None
+    # scipy (about 0.6 s to import) is needed by a table only, not by every raykd.final start.
+    from scipy import stats
+
+    value = float(getattr(stats, name)(x, y).statistic)
+    return None if math.isnan(value) else value
 
 
 def table_text(summary: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from raykd.final.resolve import latest_checkpoint
 from raykd.final.validate import Candidate, run_key, summarize, table_text
 from raykd.search.trainable import train_reporting_to_tune
 from raykd.search.tune_callback import MLflowTrialLogger
+from raykd.tracking.lifecycle import RunStatus, TrackedRun
 from raykd.tracking.store import KIND_TAG, OUT_DIR_TAG, SEARCH_PARENT_TAG, VALIDATION_WINNER_TAG, Tracker
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.launch import ensure_ray, ensure_teachers
@@ -62,7 +63,7 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
                                 "candidates": ",".join(c.key for c in cands), "schedule": str(first.schedule.model_dump(exclude_none=True))})
     logger = MLflowTrialLogger(tracker, exp.name, parent, first.schedule.epochs or 0, _describe(cands, specs, tracker, parent),
                                label=lambda config: config["run"])
-    try:
+    with TrackedRun(tracker, parent, on_unfinished=logger.mark_unfinished) as run:
         grid = _tuner(specs, out, logger).fit()
         results = {r.config["run"]: r for r in grid if r.config}
         scores = {k: float(r.metrics[metric]) for k, r in results.items() if not r.error and r.metrics and metric in r.metrics}
@@ -74,14 +75,11 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
             student = _copy_student(out / "train" / f"validate-{key}", out)
             summary["registered"] = register(key, logger.runs.get(r.metrics["trial_id"]), student,
                                              {k: float(v) for k, v in r.metrics.items() if k.startswith("bbox_")})
-    except BaseException:
-        logger.mark_unfinished("FAILED")
-        tracker.end_run(parent, "FAILED")
-        raise
-    write_json_atomic(table, summary)
-    tracker.log_file(parent, table)
-    _log_summary(tracker, parent, summary)
-    tracker.end_run(parent, "FINISHED" if summary["winner"] else "FAILED")
+        else:
+            run.end_as(RunStatus.FAILED, "no validation run finished")
+        write_json_atomic(table, summary)
+        tracker.log_file(parent, table)
+        _log_summary(tracker, parent, summary)
     print("\n" + table_text(summary), flush=True)
     print(f"\nvalidation written to {table}", flush=True)
     return summary

@@ -50,7 +50,7 @@ def quiet_tune(quiet: bool):
             os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
-def say(line: str) -> None:
+def print_event(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
@@ -89,11 +89,11 @@ class TrialEvents(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.started[trial.trial_id] = time.time()
         self.changed = True
-        say(f"{self.name(trial)} started (id {trial.trial_id})")  # the id raykd.final --trial takes
+        print_event(f"{self.name(trial)} started (id {trial.trial_id})")  # the id raykd.final --trial takes
 
     def on_trial_restore(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.time())
-        say(f"{self.name(trial)} resumed from its last checkpoint")
+        print_event(f"{self.name(trial)} resumed from its last checkpoint")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         tid, epoch = trial.trial_id, int(result.get("epoch", 0))
@@ -106,7 +106,7 @@ class TrialEvents(Callback):
         elapsed = time.time() - self.started.setdefault(tid, time.time())
         eta = elapsed / (epoch - first + 1) * (self.max_epochs - epoch)
         tail = f" (ETA {eta / 60:.1f} min)" if epoch < self.max_epochs else ""
-        say(f"{self.name(trial)} epoch {epoch}/{self.max_epochs} {self._score(tid)}{tail}")
+        print_event(f"{self.name(trial)} epoch {epoch}/{self.max_epochs} {self._score(tid)}{tail}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         tid = trial.trial_id
@@ -115,13 +115,13 @@ class TrialEvents(Callback):
         self.changed = True
         if epoch < self.max_epochs:
             who = "ASHA" if self.asha else "the scheduler"
-            say(f"{self.name(trial)} stopped by {who} at epoch {epoch}/{self.max_epochs} {self._score(tid)}")
+            print_event(f"{self.name(trial)} stopped by {who} at epoch {epoch}/{self.max_epochs} {self._score(tid)}")
         else:
-            say(f"{self.name(trial)} finished: {self._score(tid)} after {epoch} epochs in {minutes:.1f} min")
+            print_event(f"{self.name(trial)} finished: {self._score(tid)} after {epoch} epochs in {minutes:.1f} min")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.changed = True
-        say(f"{self.name(trial)} failed: {failure_reason(trial)}")
+        print_event(f"{self.name(trial)} failed: {failure_reason(trial)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.changed and time.monotonic() - self.last_table >= self.table_every_s:

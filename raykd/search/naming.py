@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raykd.spaces.sampling import trial_method, trial_student
+from raykd.spaces.sampling import is_defaults, trial_method, trial_student
 from raykd.spaces.schema import Choice, SearchSpace
 from raykd.tracking.store import flatten
 
@@ -38,6 +38,8 @@ def trial_label(space: SearchSpace, config: dict[str, Any]) -> str:
     """``feature λ=18.6``: the method and the values searched for it (fixed values are the same on
     every trial, so they tell trials apart no better than the trial id)."""
     method = trial_method(space, config)
+    if is_defaults(config):
+        return f"{method.name} defaults"
     values = flatten(method.params)
     parts = [method.name]
     if method.teacher and isinstance(space.teacher, Choice):

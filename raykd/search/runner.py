@@ -25,12 +25,12 @@ from typing import Any
 import optuna
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _load_newest_checkpoint
 
 from raykd.common.errors import ConfigError
-from raykd.common.files import write_json_atomic, write_text_atomic
+from raykd.common.files import write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.shapes import ShapesData
 from raykd.data.subsets import subset_size
@@ -49,11 +49,14 @@ from raykd.search.layout import (
 )
 from raykd.search.naming import search_run_name, trial_label, trial_number
 from raykd.search.pareto import Candidate, objective_values, rank_key, save_front
+from raykd.search.references import ReferenceAwareASHA, compare_with_defaults, reference_of
 from raykd.search.timeline import STEP_TIMES
 from raykd.search.trainable import run_trial, trial_spec
+from raykd.search.trust import rung_agreement, rungs
 from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
+from raykd.tracking.lifecycle import RunStatus, TrackedRun
 from raykd.tracking.store import BEST_RUN_TAG, BEST_TRIAL_TAG, KIND_TAG, RESULTS_DIR_TAG, Tracker, flatten
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
@@ -75,6 +78,8 @@ class SearchOutcome:
     trials: list[dict[str, Any]]
     timeline: dict[str, Any] = field(default_factory=dict)  # Timeline.summary of the search phase
     pareto: list[str] | None = None  # multi-objective searches: the trial ids on the Pareto front, best first
+    vs_defaults: dict[str, Any] | None = None  # the best trial against its method's defaults (references.py)
+    rung_agreement: list[dict[str, Any]] = field(default_factory=list)  # Kendall τ between rungs (trust.py)
 
 
 def full_epochs(space: SearchSpace) -> int:
@@ -112,6 +117,8 @@ def _describe(space: SearchSpace, tracking: MlflowRef):
         spec = trial_spec(space, config)
         cfg = _trial_config(space, config, trial_id, {}, tracking)
         params = {"method": spec.method.name, **({"teacher": spec.method.teacher} if spec.method.teacher else {})}
+        if reference_of(config):
+            params["reference"] = reference_of(config)
         if space.student is not None:
             params["student"] = trial_student(space, config)
         params.update({f"{spec.method.name}.{k}": ">".join(map(str, v)) if isinstance(v, list) else v
@@ -176,33 +183,63 @@ def run_search(
     ``train_hooks``: called by every trial's workers at every step (``raykd.train.hooks``; the
     reliability tests inject faults through them); none in normal searches."""
     t0 = time.perf_counter()
-    uri = tracking_uri or space.tracking_uri or space.exp.tracking_uri
-    tracker = Tracker(uri, space.source)  # fails fast on an unusable URI, before any work
-    uri = tracker.uri
-    exp_name = space.exp.name
+    tracker = Tracker(tracking_uri or space.tracking_uri or space.exp.tracking_uri, space.source)  # fails fast
     results_dir = results_dir.resolve()
-    state_path = results_dir / SEARCH_STATE_FILE
     ensure_ray(address, quiet=not verbose)
     _check_fits(space)  # before anything is written: a request no node can hold is an error, not a wait
+    parent, state = _open_parent(space, results_dir, tracker, resume)
+    tracking = MlflowRef(tracking_uri=tracker.uri, experiment=space.exp.name, parent_run_id=parent)
+    epochs = full_epochs(space)
+    logger = MLflowTrialLogger(tracker, space.exp.name, parent, epochs, _describe(space, tracking),
+                               partial(trial_label, space))
+    # Whatever fails from here on (the teachers' training, Tune, writing the ranking) ends the parent
+    # run and search.json as failed or interrupted, never running.
+    with TrackedRun(tracker, parent, results_dir / SEARCH_STATE_FILE, state, logger.mark_unfinished) as run:
+        ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
+        _sigterm_as_interrupt()
+        tuner = _tuner_for(space, results_dir, resume, epochs, logger, train_hooks, verbose, table_every_s)
+        _mark_sigint()
+        t_search = time.perf_counter()  # the search's own time: teachers trained first are not trial time
+        with quiet_tune(not verbose):
+            grid = tuner.fit()
+        search_s = time.perf_counter() - t_search
+        interrupted = _interrupted_by_signal() or _was_interrupted(grid, results_dir / "tune")
+        logger = _callback_of(tuner, logger)
+        run.on_unfinished = logger.mark_unfinished
+        trials = [_trial_row(space, r) for r in grid]
+        # Slots a search could fill: fewer trials than max_concurrent_trials leave the rest unused by design.
+        timeline = logger.timeline.summary(search_s, max(min(space.search.max_concurrent_trials, len(trials)), 1))
+        outcome = SearchOutcome(results_dir, parent, None, interrupted, time.perf_counter() - t0,
+                                sum(_train_seconds(r) for r in grid), trials, timeline)
+        if interrupted:
+            run.end_as(RunStatus.INTERRUPTED)
+            return outcome
+        _record_results(space, grid, epochs, outcome, tracking, logger, tracker)
+        run.update(wall_s=outcome.wall_s, train_s=outcome.train_s, overhead_fraction=timeline["overhead_fraction"],
+                   timeline=timeline, vs_defaults=outcome.vs_defaults, default_notes=space.default_notes,
+                   rung_agreement=outcome.rung_agreement)
+        return outcome
+
+
+def _open_parent(space: SearchSpace, results_dir: Path, tracker: Tracker, resume: bool) -> tuple[str, dict[str, Any]]:
+    """The search's MLflow parent run and its state (``search.json``): reopened on --resume, else new."""
     if resume:
         state = read_state(results_dir)
-        parent = state["parent_run_id"]
-        tracker.reopen(parent)
-    else:
-        results_dir.mkdir(parents=True, exist_ok=False)
-        parent = tracker.start_run(exp_name, search_run_name(space), {KIND_TAG: "search", RESULTS_DIR_TAG: str(results_dir)})
-        tracker.log_params(parent, _parent_params(space))
-        tracker.log_file(parent, space.source)
-        tracker.log_file(parent, space.experiment)
-        state = {"space": str(Path(space.source).resolve()), "parent_run_id": parent, "tracking_uri": uri,
-                 "experiment": exp_name, "status": "running"}
-        write_json_atomic(state_path, state)
-    tracking = MlflowRef(tracking_uri=uri, experiment=exp_name, parent_run_id=parent)
+        tracker.reopen(state["parent_run_id"])
+        return state["parent_run_id"], state
+    results_dir.mkdir(parents=True, exist_ok=False)
+    parent = tracker.start_run(space.exp.name, search_run_name(space),
+                               {KIND_TAG: "search", RESULTS_DIR_TAG: str(results_dir)})
+    tracker.log_params(parent, _parent_params(space))
+    tracker.log_file(parent, space.source)
+    tracker.log_file(parent, space.experiment)
+    return parent, {"space": str(Path(space.source).resolve()), "parent_run_id": parent, "tracking_uri": tracker.uri,
+                    "experiment": space.exp.name}
 
-    ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
-    _sigterm_as_interrupt()
-    epochs = full_epochs(space)
-    logger = MLflowTrialLogger(tracker, exp_name, parent, epochs, _describe(space, tracking), partial(trial_label, space))
+
+def _tuner_for(space, results_dir: Path, resume: bool, epochs: int, logger, train_hooks, verbose: bool,
+               table_every_s: float):
+    """The Tuner of a new search, or the one Tune saved for --resume (with its own callbacks)."""
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, space=space, results_dir=str(results_dir), worker_retries=WORKER_RETRIES, train_hooks=train_hooks
@@ -211,51 +248,64 @@ def run_search(
     )
     tune_dir = results_dir / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        events = TrialEvents(partial(trial_label, space), space.metric, space.mode, epochs,
-                             space.scheduler.type == "asha", table_every_s)
-        tuner = _new_tuner(space, trainable, results_dir, epochs, [logger, events], verbose)
-    _mark_sigint()
-    t_search = time.perf_counter()  # the search's own time: teachers trained first are not trial time
-    with quiet_tune(not verbose):
-        grid = tuner.fit()
-    search_s = time.perf_counter() - t_search
-    interrupted = _interrupted_by_signal() or _was_interrupted(grid, tune_dir)
-    wall = time.perf_counter() - t0
-    train_s = sum(_train_seconds(r) for r in grid)
-    trials = [_trial_row(space, r) for r in grid]
-    logger = _callback_of(tuner, logger)
-    # Slots a search could fill: fewer trials than max_concurrent_trials leave the rest unused by design.
-    slots = max(min(space.search.max_concurrent_trials, len(trials)), 1)
-    timeline = logger.timeline.summary(search_s, slots)
-    if interrupted:
-        logger.mark_unfinished("KILLED")
-        tracker.end_run(parent, "KILLED")
-        write_json_atomic(state_path, {**state, "status": "interrupted"})
-        return SearchOutcome(results_dir, parent, None, True, wall, train_s, trials, timeline)
+        return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False)
+    events = TrialEvents(partial(trial_label, space), space.metric, space.mode, epochs,
+                         space.scheduler.type == "asha", table_every_s)
+    return _new_tuner(space, trainable, results_dir, epochs, [logger, events], verbose)
 
+
+def _record_results(space, grid, epochs: int, outcome: SearchOutcome, tracking: MlflowRef, logger,
+                    tracker: Tracker) -> None:
+    """The finished search's files (trials.yaml, best.yaml, pareto.yaml) and its parent run's record."""
+    results_dir, parent, timeline = outcome.results_dir, outcome.parent_run_id, outcome.timeline
     ranked = _ranked(space, grid, epochs)
-    best = _trial_of(space, ranked[0], tracking, logger) if ranked else None
+    outcome.best = _trial_of(space, ranked[0], tracking, logger) if ranked else None
     _save_ranking(space, ranked, results_dir, tracking, logger)
     tracker.log_file(parent, results_dir / TRIALS_FILE)
-    pareto = _save_pareto(space, ranked, epochs, results_dir, tracking, logger, tracker, parent)
-    if best is not None:
+    outcome.pareto = _save_pareto(space, ranked, epochs, results_dir, tracking, logger, tracker, parent)
+    if outcome.best is not None:
+        best = outcome.best
         save_trial_config(best, results_dir / BEST_FILE)
         tracker.log_file(parent, results_dir / BEST_FILE)
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_RUN_TAG: best.mlflow.run_id})
         tracker.log_metrics(parent, {f"best_{k}": v for k, v in best.metrics.items()}, step=0)
-    tracker.log_metrics(parent, {"wall_s": wall, "train_s": train_s, "search_s": timeline["search_s"],
+    tracker.log_metrics(parent, {"wall_s": outcome.wall_s, "train_s": outcome.train_s, "search_s": timeline["search_s"],
                                  "overhead_fraction": timeline["overhead_fraction"],
                                  "overhead_fraction_with_warmup": timeline["overhead_fraction_with_warmup"],
                                  **_timeline_metrics(timeline),
                                  **_fidelity_metrics(space)}, 0)
+    outcome.vs_defaults = compare_with_defaults(space, [_comparable(space, r) for r in ranked], epochs)
+    outcome.rung_agreement = rung_agreement(_histories(space, grid), _rungs(space, epochs))
+    tracker.log_metrics(parent, {f"rung_tau_{r['from_epoch']}_{r['to_epoch']}": r["kendall_tau"]
+                                 for r in outcome.rung_agreement if r["kendall_tau"] is not None}, 0)
+    if outcome.vs_defaults is not None:
+        tracker.log_metrics(parent, {"best_vs_defaults": outcome.vs_defaults["gain"]}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
-    tracker.end_run(parent, "FINISHED")
-    write_json_atomic(state_path, {**state, "status": "finished", "wall_s": wall, "train_s": train_s,
-                                   "overhead_fraction": timeline["overhead_fraction"], "timeline": timeline})
-    return SearchOutcome(results_dir, parent, best, False, wall, train_s, trials, timeline, pareto)
+
+
+def _histories(space: SearchSpace, grid) -> dict[str, dict[int, float]]:
+    """Each trial's score per epoch, from Tune's record of its reports."""
+    out = {}
+    for r in grid:
+        df = r.metrics_dataframe
+        if r.error or df is None or "epoch" not in df or space.metric not in df:
+            continue
+        rows = df[["epoch", space.metric]].dropna()
+        out[str(r.metrics.get("trial_id", r.path))] = {int(e): float(v) for e, v in zip(rows["epoch"], rows[space.metric], strict=True)}
+    return out
+
+
+def _rungs(space: SearchSpace, epochs: int) -> list[int]:
+    if space.scheduler.type == "asha":
+        return rungs(space.scheduler.max_t or epochs, space.scheduler.grace_period, space.scheduler.reduction_factor)
+    return rungs(epochs)
+
+
+def _comparable(space: SearchSpace, result) -> dict[str, Any]:
+    return {"trial_id": result.metrics["trial_id"], "method": trial_method(space, result.config).name,
+            "score": float(result.metrics[space.metric]), "epoch": int(result.metrics.get("epoch", 0)),
+            "config": result.config}
 
 
 def _check_fits(space: SearchSpace) -> None:
@@ -287,7 +337,7 @@ def _new_tuner(space, trainable, results_dir, epochs, callbacks: list, verbose: 
     s = space.search
     searcher = make_searcher(space, results_dir, epochs)
     if space.scheduler.type == "asha":
-        scheduler = ASHAScheduler(
+        scheduler = ReferenceAwareASHA(
             time_attr="epoch",
             max_t=space.scheduler.max_t or epochs,
             grace_period=space.scheduler.grace_period,
@@ -302,7 +352,7 @@ def _new_tuner(space, trainable, results_dir, epochs, callbacks: list, verbose: 
             mode=space.mode,
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=s.num_samples + len(space.default_methods),  # the references run on top
             max_concurrent_trials=s.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
@@ -363,6 +413,7 @@ def _save_ranking(space, ranked, results_dir: Path, tracking: MlflowRef, logger)
     """``trials.yaml``: every scored trial, best first, with the epochs it reached (what
     ``raykd.final --top-k`` validates)."""
     rows = [{"rank": i + 1, "epoch": int(r.metrics.get("epoch", 0)), "score": float(r.metrics[space.metric]),
+             **({"reference": reference_of(r.config)} if reference_of(r.config) else {}),
              "trial": _trial_of(space, r, tracking, logger).model_dump(mode="json", exclude_none=True)}
             for i, r in enumerate(ranked)]
     write_text_atomic(results_dir / TRIALS_FILE, yaml.safe_dump({"metric": space.metric, "mode": space.mode,

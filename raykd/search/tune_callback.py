@@ -13,10 +13,12 @@ from typing import Any
 from ray.tune import Callback
 
 from raykd.search.naming import trial_run_name
+from raykd.search.references import reference_of
 from raykd.search.timeline import Timeline
 from raykd.tracking.store import (
     FAILURE_TAG,
     KIND_TAG,
+    REFERENCE_TAG,
     STOPPED_EARLY_TAG,
     TRIAL_CONFIG_ARTIFACT,
     TRIAL_TAG,
@@ -56,9 +58,10 @@ class MLflowTrialLogger(Callback):
             self.last_step[trial.trial_id] = self.tracker.last_step(run_id, "epoch")
         else:
             name = trial_run_name(trial, self.label(trial.config))
-            run_id = self.tracker.start_run(
-                self.experiment, name, {TRIAL_TAG: trial.trial_id, KIND_TAG: "trial"}, self.parent
-            )
+            tags = {TRIAL_TAG: trial.trial_id, KIND_TAG: "trial"}
+            if reference_of(trial.config):
+                tags[REFERENCE_TAG] = reference_of(trial.config)
+            run_id = self.tracker.start_run(self.experiment, name, tags, self.parent)
             self.last_step[trial.trial_id] = -1
         params, config_text = self.describe(trial.config, trial.trial_id)
         self.tracker.log_params(run_id, params)

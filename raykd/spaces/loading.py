@@ -22,7 +22,7 @@ from raykd.load import load_experiment, validate_method
 from raykd.models.builder import build_detector
 from raykd.models.cost import STUDENT_METRICS, TensorForward, probe_input, probe_shape
 from raykd.spaces.algorithm_rules import fixed_num_samples
-from raykd.spaces.sampling import define_by_run, trial_method
+from raykd.spaces.sampling import defaults_spec, define_by_run, trial_method
 from raykd.spaces.schema import Choice, Order, Scheduler, SearchSpace
 from raykd.train.checks import check_pairings, method_pairs
 
@@ -118,9 +118,11 @@ def load_space(path: str | Path) -> SearchSpace:
     exp = load_experiment(exp_path, space.overrides)
     space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
     space = _with_objectives(space)
+    if not space.multi_objective:
+        _check_metric(space, "metric", space.metric)
     space = space.model_copy(update={"variant_experiments": _variant_experiments(space)})
     _check_params(space)
-    return _with_algorithm_sample_count(space)
+    return _with_defaults(_with_algorithm_sample_count(space))
 
 
 ASHA_WITH_OBJECTIVES = ("ASHA stops trials on one metric; with several objectives it would stop the trials behind on the "
@@ -145,6 +147,16 @@ def _with_objectives(space: SearchSpace) -> SearchSpace:
     return space.model_copy(update=update)
 
 
+# What a trial reports and a search may rank by: COCO's metrics, the training loss, the student's costs.
+KNOWN_METRICS = (*METRIC_NAMES, *STUDENT_METRICS, "loss")
+
+
+def _check_metric(space: SearchSpace, key: str, metric: str) -> None:
+    """A typo fails at load, not at the first report after the teachers have trained."""
+    if metric not in KNOWN_METRICS:
+        raise ConfigError(space.source, key, f"unknown metric {metric!r} (expected one of {', '.join(KNOWN_METRICS)})")
+
+
 def _check_objectives(space: SearchSpace) -> None:
     src, objectives = space.source, space.objectives
     if len(objectives) < 2:
@@ -152,12 +164,10 @@ def _check_objectives(space: SearchSpace) -> None:
     both = sorted({"metric", "mode"} & space.model_fields_set)
     if both:
         raise ConfigError(src, both[0], "objectives replace metric and mode: give one or the other")
-    known = (*METRIC_NAMES, *STUDENT_METRICS, "loss")
     first_seen: dict[str, int] = {}
     for i, objective in enumerate(objectives):
         key = f"objectives.{i}.metric"
-        if objective.metric not in known:
-            raise ConfigError(src, key, f"unknown metric {objective.metric!r} (expected one of {', '.join(known)})")
+        _check_metric(space, key, objective.metric)
         if objective.metric in first_seen:
             raise ConfigError(src, key, f"{objective.metric!r} is objective {first_seen[objective.metric]} already")
         first_seen[objective.metric] = i
@@ -208,3 +218,28 @@ def _with_algorithm_sample_count(space: SearchSpace) -> SearchSpace:
     if "num_samples" in space.search.model_fields_set and given != count:
         raise ConfigError(space.source, "search.num_samples", f"{why} (got num_samples {given}; leave it out)")
     return space.model_copy(update={"search": space.search.model_copy(update={"num_samples": count})})
+
+
+def _with_defaults(space: SearchSpace) -> SearchSpace:
+    """Which methods' defaults run as reference trials (``search.defaults``), each checked as a trial
+    is; a method without defaults for this student is a note, not an error (e.g. MTPD, whose order is
+    required; a method that refuses the student's head without explicit weights)."""
+    if not space.search.defaults:
+        return space
+    if space.student is not None:
+        return space.model_copy(update={"default_notes": [
+            "defaults: not run in a search over student variants (each variant would need its own)"]})
+    methods, notes = [], []
+    for m in space.methods:
+        if not get_method(m).Params.model_fields:
+            continue  # `none` has no parameters: its every trial is its defaults
+        spec = defaults_spec(space, m)
+        try:
+            validate_method(spec, space.exp, space.source, prefix=f"defaults.{m}")
+            check_pairings(space.exp, method_pairs(m, spec.params, spec.teacher, space.exp.teacher_names),
+                           space.source, f"defaults.{m}")
+        except ConfigError as err:
+            notes.append(f"{m} has no defaults for this student and teachers: {err.message}")
+            continue
+        methods.append(m)
+    return space.model_copy(update={"default_methods": methods, "default_notes": notes})

@@ -25,6 +25,7 @@ MAX_CATEGORICAL_ORDERS = 720
 ORDER_SEP = ">"
 PAIR_SEP = "+"
 STUDENT_PARAM = "student"  # the searched student variant's name in a trial's config
+DEFAULTS_KEY = "defaults"  # a reference trial's config: {"defaults": METHOD}, the method at its defaults
 
 
 def _joint_pairs(divisor: Choice, dividend: Choice) -> list[str]:
@@ -138,6 +139,8 @@ def trial_student(space: SearchSpace, config: dict[str, Any]) -> str | None:
 
 def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
     """The MethodSpec a trial's parameter values (flat Optuna names or Tune's nested config) stand for."""
+    if DEFAULTS_KEY in config:
+        return defaults_spec(space, str(config[DEFAULTS_KEY]))
     flat = _flatten(config)
     method = space.methods[0] if isinstance(space.method, str) else str(flat["method"])
     values: dict[str, Any] = {}
@@ -156,3 +159,22 @@ def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
             _set_nested(values, name, _plain(flat[pname]))
     teacher = space.teacher if isinstance(space.teacher, str) else flat.get("teacher")
     return MethodSpec(name=method, params=values, teacher=teacher if get_method(method).uses_teacher else None)
+
+
+def defaults_spec(space: SearchSpace, method: str) -> MethodSpec:
+    """``method`` at its defaults: no searched parameter given (the method resolves the papers'
+    values for the student), the space's fixed values kept (they hold for every trial), and the
+    space's teacher (a searched teacher: its first choice)."""
+    values: dict[str, Any] = {}
+    for name, value in space.fixed.get(method, {}).items():
+        _set_nested(values, name, value)
+    teacher = space.teacher if isinstance(space.teacher, str) or space.teacher is None else str(space.teacher.values[0])
+    return MethodSpec(name=method, params=values, teacher=teacher if get_method(method).uses_teacher else None)
+
+
+def defaults_config(method: str) -> dict[str, Any]:
+    return {DEFAULTS_KEY: method}
+
+
+def is_defaults(config: dict[str, Any] | None) -> bool:
+    return bool(config) and DEFAULTS_KEY in config

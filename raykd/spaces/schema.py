@@ -88,6 +88,10 @@ class SearchSettings(Strict):
     seed: int = 0
     n_startup_trials: Annotated[int, Field(ge=0)] = 4
     num_samples: PositiveInt = 8
+    # Each searched method's defaults (the papers' values for the student, with the space's `fixed`)
+    # run first as reference trials of their own, on top of num_samples: the search says how its best
+    # compares with them at the same fidelity.
+    defaults: bool = True
     max_concurrent_trials: PositiveInt = 2
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial
     # MTPD trials whose orders start alike train the shared stages once (same seed, same settings).
@@ -130,6 +134,9 @@ class SearchSpace(Strict):
     source: str = ""
     loaded_experiment: Experiment | None = None
     variant_experiments: dict[str, Experiment] = {}  # student variant -> the experiment its trials run
+    # Set at load: the methods whose defaults run as reference trials, and why the others' do not.
+    default_methods: list[str] = []
+    default_notes: list[str] = []
 
     @property
     def methods(self) -> list[str]:

@@ -34,6 +34,7 @@ RUN_ID_TAG = "raykd.run_id"  # on a registered version: the run that trained it
 REGISTERED_MODEL_TAG = "raykd.registered_model"  # on the run whose student was registered
 REGISTERED_VERSION_TAG = "raykd.registered_version"  # on the run whose student was registered
 STOPPED_EARLY_TAG = "raykd.stopped_early"  # on a trial run: ASHA stopped it
+REFERENCE_TAG = "raykd.reference"  # on a trial run: "defaults" for a method's reference trial
 # MLflow 3's UI opens an experiment without a kind on its GenAI view (traces, token usage);
 # "custom_model_development" is what opens it on its runs.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"

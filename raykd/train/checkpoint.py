@@ -22,7 +22,7 @@ def train_state(
     iteration: int,
     stage_done: bool,
     distiller: nn.Module,
-    optimizers: list[dict[str, Any]],
+    optimizers: dict[str, Any],
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """What ``TRAIN_STATE_FILE`` holds after an epoch of stage ``stage`` (0-based); ``optimizers``:

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
 from raykd.common.errors import ConfigError
@@ -93,19 +94,37 @@ def init_ray(address: str | None, quiet: bool = False) -> None:
         _join_authenticated(address, key, quiet)
         return
     live, dead = choose_local_instance(recorded_local_instances())
-    if live:
-        # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
-        # and workers of early-stopped trials are never freed. Joining is the safe default.
-        print(f"[raykd] joining the Ray instance already running here ({live}); pass --address to choose another",
-              flush=True)
-        ray.init(address=live, **_init_args(quiet))
+    if live and _join_local(live, quiet):
         return
     why = f" (the recorded one at {', '.join(dead)} does not answer)" if dead else ""
+    if live:
+        why = f" (the one running at {live} refused this user's auth token)"
     print(f"[raykd] starting a new local Ray instance{why}", flush=True)
     # address="local": without it ray.init reads the stale record again and retries it forever.
     # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
     # workers of a trial that Tune stopped early.
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **_init_args(quiet))
+
+
+def _join_local(address: str, quiet: bool) -> bool:
+    """Join the Ray instance found running on this machine (e.g. a search's, beside which a user starts
+    ``raykd.run``). Ray 2.59+ starts local instances with token auth and writes the token to
+    ``~/.ray/auth_token``; ``ray.init`` picks that token up only when it finds the instance itself, not
+    for an explicit address, so raykd does what Ray does for a found instance first. False: the
+    instance refused this user's token (another user's): the caller starts an instance of its own."""
+    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
+    # and workers of early-stopped trials are never freed. Joining is the safe default.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, **_init_args(quiet))
+    except RuntimeError as err:
+        if not isinstance(err.__cause__, ray.exceptions.AuthenticationError):
+            raise
+        ray.shutdown()
+        return False
+    print(f"[raykd] joined the Ray instance already running here ({address}); pass --address to choose another",
+          flush=True)
+    return True
 
 
 def _join_authenticated(address: str, key: str, quiet: bool) -> None:

@@ -147,8 +147,12 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
 
 
 def teacher_metrics(exp: Experiment, name: str) -> dict[str, float]:
+    """The AP raykd measured when it trained the teacher; none for a teacher given as a checkpoint
+    (it has no ``train:``, so no cache key either: its table row shows dashes)."""
+    if exp.teachers[name].train is None:
+        return {}
     path = cached_teacher_dir(exp, name) / "metrics.json"
-    return json.loads(path.read_text()) if exp.teachers[name].train and path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

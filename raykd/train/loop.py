@@ -53,7 +53,7 @@ from raykd.train.teachers import teacher_checkpoint
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # resources.amp -> autocast dtype
 
 
-def say(message: str) -> None:
+def print_event(message: str) -> None:
     """Progress line. Ray Train tees ``print`` into its logger as well, which doubles every line
     on the driver; the process's real stdout is forwarded exactly once."""
     sys.__stdout__.write(f"[raykd] {message}\n")
@@ -168,7 +168,7 @@ class Worker:
             for idx in range(first, len(self.stages)):
                 global_epoch = self._run_stage(idx, global_epoch, resume if idx == first else None)
         except Diverged as err:
-            say(str(err))
+            print_event(str(err))
             return self._outcome(str(err))
         return self._outcome(None)
 
@@ -193,7 +193,7 @@ class Worker:
         for i in range(found + 1):
             self.stage_uris[i] = self._prefix_uri(i)
         if self.rank == 0:
-            say(f"stages 1-{found + 1} reused from {self._prefix_uri(found)} (same prefix trained by another trial)")
+            print_event(f"stages 1-{found + 1} reused from {self._prefix_uri(found)} (same prefix trained by another trial)")
         return found + 1, int(history[-1]["epoch"]) if history else 0
 
     def _outcome(self, diverged: str | None) -> dict[str, Any]:
@@ -246,7 +246,7 @@ class Worker:
             if self.rank == 0 and done and len(self.stages) > 1:
                 metrics[f"stage{stage_idx + 1}_bbox_mAP"] = metrics["bbox_mAP"]  # one number per stage in MLflow
             if self.rank == 0:
-                say(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
+                print_event(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
                     f"loss {metrics.get('loss', float('nan')):.4f} (train {train_time:.0f} s, eval {metrics['eval_time']:.0f} s)")
             self.history.append(metrics)
             state = None
@@ -258,13 +258,13 @@ class Worker:
         return global_epoch
 
     def _train_epoch(self, model: nn.Module, optim: OptimWrapper, it: int, total: int, label: str,
-                     epoch: str) -> tuple[int, dict[str, float], float]:
+                     epoch_text: str) -> tuple[int, dict[str, float], float]:
         """Steps from iteration ``it`` until the loader's epoch ends or the stage's ``total`` is reached.
         Returns the iteration reached, the epoch's mean logged losses and its seconds per step.
 
         One step: LR schedule, forward (autocast), the hooks' ``after_loss``, the divergence guard,
         then backward, clipping and the optimizer steps (``OptimWrapper.update_params``)."""
-        cfg, ipe = self.exp.optim, len(self.train_loader)
+        cfg, iters_per_epoch = self.exp.optim, len(self.train_loader)
         self.student.train()
         sums: dict[str, float] = defaultdict(float)
         n, t_steps = 0, 0.0
@@ -272,7 +272,7 @@ class Worker:
             if it >= total:
                 break
             t_s = time.perf_counter()
-            optim.set_lr_factor(lr_factor(cfg.lr_schedule, it, total, cfg.warmup_iters, ipe))
+            optim.set_lr_factor(lr_factor(cfg.lr_schedule, it, total, cfg.warmup_iters, iters_per_epoch))
             data = self.student.data_preprocessor(batch, True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 losses = model(data["inputs"], data["data_samples"], it, total)
@@ -286,9 +286,9 @@ class Worker:
             n += 1
             it += 1
             t_steps += time.perf_counter() - t_s
-            if self.rank == 0 and n % max(ipe // 4, 1) == 0:
+            if self.rank == 0 and n % max(iters_per_epoch // 4, 1) == 0:
                 eta = (total - it) * t_steps / n
-                say(f"{label} {epoch} iter {it}/{total} loss {sums['loss'] / n:.4f} {t_steps / n:.3f} s/it "
+                print_event(f"{label} {epoch_text} iter {it}/{total} loss {sums['loss'] / n:.4f} {t_steps / n:.3f} s/it "
                     f"eta {eta / 60:.1f} min")
         return it, {k: v / max(n, 1) for k, v in sums.items()}, t_steps / max(n, 1)
 

@@ -60,17 +60,19 @@ def clip_gradients(optimizer: torch.optim.Optimizer, default: float | None) -> N
 class OptimWrapper:
     """The optimizers of one training stage and what a step does with them.
 
-    ``fp16``: scale the loss with a ``GradScaler`` (autocast in float16 needs it; bfloat16 and full
-    precision do not). The scaler's state is not checkpointed: a resumed run starts it afresh.
+    ``fp16``: scale the loss with a ``GradScaler`` on ``device`` (autocast in float16 needs it; bfloat16
+    and full precision do not). Its state (scale, growth tracker) is checkpointed with the optimizers,
+    as mmengine's ``AmpOptimWrapper`` saves its ``loss_scaler``: a resumed run keeps its loss scale.
     """
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float | None, fp16: bool = False):
+    def __init__(self, optimizers: list[torch.optim.Optimizer], grad_clip: float | None, fp16: bool = False,
+                 device: str = "cuda"):
         self.optimizers = list(optimizers)
         self.grad_clip = grad_clip
         # The configured LRs, which every step scales: taken before any checkpoint is loaded (a
         # checkpoint's groups hold the LRs of its last step, already scaled).
         self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler = torch.amp.GradScaler(device, enabled=fp16)
 
     @classmethod
     def build(cls, student: nn.Module, method: HasParamGroups, optim: Optim, fp16: bool = False) -> OptimWrapper:
@@ -100,10 +102,15 @@ class OptimWrapper:
             self.scaler.step(opt)
         self.scaler.update()
 
-    def state_dict(self) -> list[dict[str, Any]]:
-        """One state dict per optimizer (a checkpoint's ``optimizers``)."""
-        return [opt.state_dict() for opt in self.optimizers]
+    def state_dict(self) -> dict[str, Any]:
+        """One state dict per optimizer and the loss scaler's (a checkpoint's ``optimizers``; plain
+        numbers, so it loads with ``weights_only=True``)."""
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers], "loss_scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
-        for opt, state in zip(self.optimizers, states, strict=True):
-            opt.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        # A list: a checkpoint written before the loss scaler was saved (its scaler starts afresh).
+        states, scaler = (state, None) if isinstance(state, list) else (state["optimizers"], state["loss_scaler"])
+        for opt, opt_state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(opt_state)
+        if scaler:  # a disabled scaler saves {}
+            self.scaler.load_state_dict(scaler)

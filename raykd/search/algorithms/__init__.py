@@ -17,6 +17,7 @@ from types import ModuleType
 
 from ray.tune.search import Searcher
 
+from raykd.search.references import ReferencesFirst
 from raykd.spaces.schema import SearchSpace
 
 
@@ -26,5 +27,7 @@ def _module(space: SearchSpace) -> ModuleType:
 
 
 def make_searcher(space: SearchSpace, results_dir: Path, epochs: int) -> Searcher:
-    """The searcher of one search; ``epochs`` is a trial's full length (shorter means ASHA stopped it)."""
-    return _module(space).build(space, results_dir, epochs)
+    """The searcher of one search; ``epochs`` is a trial's full length (shorter means ASHA stopped it).
+    The space's reference trials (its methods' defaults) come first, whatever the algorithm."""
+    searcher = _module(space).build(space, results_dir, epochs)
+    return ReferencesFirst(searcher, space.default_methods) if space.default_methods else searcher
