@@ -8,7 +8,7 @@ STAMP := $(VENV)/.raykd-installed
 # pip caches the wheel). The build needs torch and a setuptools that still ships pkg_resources.
 BUILD_PINS := torch==2.13.0 setuptools==80.9.0 wheel ninja
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench check-kd-row clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.kd_vs_student
+
+# Seed 0 of one KD-table row on today's code against benchmarks/out/ap.json (exit 1 if it moved).
+METHOD ?= frs
+check-kd-row: install
+	$(BIN)/python -m benchmarks.check_kd_row $(METHOD)
 
 clean:
 	rm -rf $(VENV) .raykd_cache runs mlflow.db

@@ -80,6 +80,7 @@ def api(base: str, path: str, body: dict | None = None) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
+@pytest.mark.e2e  # starts `mlflow ui` (about a minute): out of make test-fast
 def test_the_ui_reads_the_kind_and_the_run_names(uri, served):
     tracker = Tracker(uri)
     parent = tracker.start_run("tiny", "search demo 2026-01-02 03:04", {})

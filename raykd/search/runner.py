@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -479,9 +480,15 @@ def _log_optuna_plots(tracker: Tracker, parent: str, results_dir: Path, space: S
         plots["optuna_pareto_front.html"] = vis.plot_pareto_front
     out = results_dir / "plots"
     out.mkdir(exist_ok=True)
-    for name, plot in plots.items():
-        try:
-            plot(study).write_html(str(out / name))
-            tracker.log_file(parent, out / name, "optuna")
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. one distinct value only
-            (out / f"{name}.txt").write_text(f"not plotted: {err}\n")
+    # Optuna's plots warn (experimental API, importance from few trials): into a file beside them,
+    # not onto the search's quiet terminal.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, plot in plots.items():
+            try:
+                plot(study).write_html(str(out / name))
+                tracker.log_file(parent, out / name, "optuna")
+            except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. one distinct value only
+                (out / f"{name}.txt").write_text(f"not plotted: {err}\n")
+    if caught:
+        (out / "warnings.txt").write_text("".join(f"{w.category.__name__}: {w.message}\n" for w in caught))
