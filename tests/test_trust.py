@@ -11,6 +11,8 @@ def test_rungs_are_ashas_milestones_then_the_last_epoch():
     assert rungs(3) == [1, 2, 3]
     assert rungs(8, grace_period=2, reduction_factor=3) == [2, 6, 8]
     assert rungs(1) == [1]
+    assert rungs(3, 1, 2.0) == [1, 2, 3] and all(type(r) is int for r in rungs(3, 1, 2.0))  # the schema's rf is a float
+    assert rungs(8, 1, 1.5) == [1, 2, 3, 4, 6, 8]  # milestones 1, 1.5, 2.25, 3.4, 5.1, 7.6
 
 
 def test_kendall_tau_between_consecutive_rungs_over_the_trials_that_reached_both():

@@ -98,27 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if state is not None and (ckpt := latest_checkpoint(out / "ray" / run_name)) is not None:
         check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
     uri = args.tracking_uri or (state or {}).get("tracking_uri") or promo.tracking_uri or exp.tracking_uri
-
     tracker = Tracker(uri, "--tracking-uri")
 
     # ---- from here on, work is done and recorded -----------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    if state is not None:
-        run_id = state["run_id"]
-        tracker.reopen(run_id)
-    else:
-        tags = {KIND_TAG: "final", TRIAL_TAG: trial.trial_id, OUT_DIR_TAG: str(out)}
-        if promo.parent_run_id:
-            tags[SEARCH_PARENT_TAG] = promo.parent_run_id
-        if trial.mlflow and trial.mlflow.run_id:
-            tags[SEARCH_TRIAL_RUN_TAG] = trial.mlflow.run_id
-        # The description links the search and the trial this run retrains (the UI renders it).
-        tags[NOTE_TAG] = tracker.note_with_links(
-            f"Final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}).",
-            {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
-        run_id = tracker.start_run(exp.name, f"final {trial.trial_id} {spec.method.name}", tags)
-        tracker.log_params(run_id, run_params(spec, trial))
+    run_id = _open_final_run(tracker, promo, spec, out, state)
     state = {"run_id": run_id, "tracking_uri": uri, "trial_id": trial.trial_id}
     print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}, "
           f"seed {spec.seed}) -> {out}", flush=True)
@@ -136,6 +121,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"summary written to {out / SUMMARY_FILE}")
     return summary
 
+
+def _open_final_run(tracker: Tracker, promo: Promotion, spec, out: Path, state: dict[str, Any] | None) -> str:
+    """The final run's MLflow run: reopened on --resume, else started with its links and params."""
+    if state is not None:
+        tracker.reopen(state["run_id"])
+        return state["run_id"]
+    trial = promo.trial
+    tags = {KIND_TAG: "final", TRIAL_TAG: trial.trial_id, OUT_DIR_TAG: str(out)}
+    if promo.parent_run_id:
+        tags[SEARCH_PARENT_TAG] = promo.parent_run_id
+    if trial.mlflow and trial.mlflow.run_id:
+        tags[SEARCH_TRIAL_RUN_TAG] = trial.mlflow.run_id
+    # The description links the search and the trial this run retrains (the UI renders it).
+    tags[NOTE_TAG] = tracker.note_with_links(
+        f"Final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}).",
+        {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
+    run_id = tracker.start_run(spec.experiment.name, f"final {trial.trial_id} {spec.method.name}", tags)
+    tracker.log_params(run_id, run_params(spec, trial))
+    return run_id
 
 
 def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:

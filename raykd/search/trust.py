@@ -8,13 +8,16 @@ import math
 from typing import Any
 
 
-def rungs(max_epochs: int, grace_period: int = 1, reduction_factor: int = 2) -> list[int]:
-    """ASHA's milestones (grace · rf^k) below ``max_epochs``, then ``max_epochs`` itself."""
-    out, r = [], grace_period
+def rungs(max_epochs: int, grace_period: int = 1, reduction_factor: float = 2) -> list[int]:
+    """ASHA's milestones (grace · rf^k) below ``max_epochs`` as the epochs that reach them (rf may be
+    a float: a milestone of 1.5 is decided at epoch 2), then ``max_epochs`` itself."""
+    out, r = [], float(grace_period)
     while r < max_epochs:
-        out.append(r)
+        epoch = math.ceil(r - 1e-9)
+        if not out or epoch > out[-1]:
+            out.append(epoch)
         r *= reduction_factor
-    return [*out, max_epochs]
+    return [*out, int(max_epochs)] if not out or out[-1] < max_epochs else out
 
 
 def rung_agreement(histories: dict[str, dict[int, float]], rung_epochs: list[int]) -> list[dict[str, Any]]:
