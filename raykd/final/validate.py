@@ -27,6 +27,7 @@ from raykd.distill.base import get_method
 from raykd.final.resolve import Promotion, build_spec
 from raykd.search.layout import TRIALS_FILE
 from raykd.search.naming import shown
+from raykd.spaces.sampling import REFERENCE_LABEL
 from raykd.tracking.store import flatten
 
 VALIDATION_FILE = "validation.json"
@@ -76,7 +77,7 @@ def candidates(rows: list[dict[str, Any]], top_k: int, source: str) -> list[Cand
     defaults = default_method(best.method)
     # The search's own reference trial of these defaults, when it is among the K: it is the defaults row.
     for i, (t, r) in enumerate(zip(trials, rows, strict=False)):
-        if r.get("reference") == DEFAULTS and t.method == defaults:
+        if r.get("reference") == REFERENCE_LABEL and t.method == defaults:
             found[i] = Candidate(DEFAULTS, f"{describe_method(defaults)} (defaults)", defaults, t, found[i].search_score,
                                  found[i].search_epoch)
             return [*found, student]

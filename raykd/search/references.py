@@ -18,10 +18,8 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-from raykd.spaces.sampling import DEFAULTS_KEY, defaults_config, is_defaults
+from raykd.spaces.sampling import DEFAULTS_KEY, REFERENCE_LABEL, defaults_config, is_defaults
 from raykd.spaces.schema import SearchSpace
-
-REFERENCE_LABEL = "defaults"  # how a reference trial is labelled (console, MLflow tag, trials.yaml)
 
 
 class ReferencesFirst(Searcher):

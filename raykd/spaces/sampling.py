@@ -26,6 +26,7 @@ ORDER_SEP = ">"
 PAIR_SEP = "+"
 STUDENT_PARAM = "student"  # the searched student variant's name in a trial's config
 DEFAULTS_KEY = "defaults"  # a reference trial's config: {"defaults": METHOD}, the method at its defaults
+REFERENCE_LABEL = "defaults"  # how a reference trial is labelled (console, MLflow tag, trials.yaml)
 
 
 def _joint_pairs(divisor: Choice, dividend: Choice) -> list[str]:
