@@ -101,6 +101,28 @@ def _pareto_line(space, outcome) -> str:
             f"Retrain another with: python -m raykd.final {outcome.results_dir} --trial ID")
 
 
+def _print_finalists(outcome) -> None:
+    from raykd.search.validation import table_text
+
+    f = outcome.finalists
+    reused = f" ({f['reused_runs']} reused from the search)" if f["reused_runs"] else ""
+    print(f"\nfinalists at the full schedule, {f['trained_runs']} runs{reused}:")
+    print(table_text(f))
+    if outcome.best is not None:
+        print(f"answer:        best.yaml holds {outcome.best.trial_id} ({outcome.best.method.name}), the best "
+              "full-schedule mean")
+
+
+def _compute_line(space, outcome) -> str:
+    from raykd.search.runner import compute_spent
+
+    c = compute_spent(space, outcome)
+    finalists = f" + finalists {c['finalist_epochs']}" if outcome.finalists is not None else ""
+    trainings = (f" = {c['full_trainings']:.1f} full trainings of {c['full_schedule_epochs']} epochs"
+                 if c["full_trainings"] is not None else "")
+    return f"compute:       {c['search_trial_epochs']} trial-epochs{finalists}{trainings}"
+
+
 def _print_summary(space, outcome, uri: str) -> None:
     print("=" * 72)
     from raykd.cli.report import metrics_table
@@ -130,6 +152,9 @@ def _print_summary(space, outcome, uri: str) -> None:
         print(line)
     for note in space.default_notes:
         print(f"note:          {note}")
+    if outcome.finalists is not None:
+        _print_finalists(outcome)
+    print(_compute_line(space, outcome))
     print(f"\nresults:       {outcome.results_dir}")
     print(f"best config:   {outcome.results_dir / 'best.yaml'}")
     if outcome.pareto is not None:

@@ -59,3 +59,20 @@ class CrashOnce(TrainHook):
         if iteration == self.at and rank == 0 and claim(self.marker):
             os._exit(1)
         return loss
+
+
+@dataclass(frozen=True)
+class RecordLr(TrainHook):
+    """Not a fault: rank 0 appends each step's learning-rate factor to ``<folder>/<Ray Train run
+    name>.txt`` (one line ``iteration factor``), so a test can compare a trial's curve with a full run's."""
+
+    folder: str
+
+    def after_lr(self, iteration: int, rank: int, lr_factor: float) -> None:
+        if rank != 0:
+            return
+        import ray.train
+
+        name = ray.train.get_context().get_experiment_name()
+        with open(Path(self.folder) / f"{name}.txt", "a") as f:
+            f.write(f"{iteration} {lr_factor!r}\n")

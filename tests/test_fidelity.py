@@ -89,3 +89,22 @@ def test_trial_length_in_epochs_follows_the_train_fraction(tmp_path):
     # tiny: 32 train images, batch 4 -> 8 iterations per epoch; a quarter -> 2
     assert full_epochs(load_space(write_space(tmp_path, {"iters": 8}))) == 1
     assert full_epochs(load_space(write_space(tmp_path, {"iters": 8, "train_fraction": 0.25}))) == 4
+
+
+def test_full_schedule_rungs_train_the_experiments_full_schedule(tmp_path):
+    from raykd.search.fidelity import search_fidelity
+
+    space = load_space(write_space(tmp_path, {"schedule": "full"}))
+    assert space.full_schedule_rungs and space.schedule == space.exp.schedules.full == Schedule(iters=6)
+    f = search_fidelity(space)
+    assert f.fraction == 1 and f.params()["fidelity_schedule"] == "full"
+    assert f.describe() == "trials follow the full schedule (6 iterations), stopped at rungs"
+    compressed = load_space(write_space(tmp_path, {"train_fraction": 0.5}))  # no length: the experiment's search schedule
+    assert not compressed.full_schedule_rungs and compressed.schedule == Schedule(iters=4)
+
+
+@pytest.mark.parametrize("fidelity", [{"schedule": "full", "epochs": 2}, {"epochs": 2, "iters": 3}])
+def test_a_length_beside_the_full_schedule_or_two_lengths_are_refused(tmp_path, fidelity):
+    with pytest.raises(ConfigError) as err:
+        load_space(write_space(tmp_path, fidelity))
+    assert err.value.key == "fidelity"

@@ -1,4 +1,4 @@
-"""The validation table of ``raykd.final --top-k/--seeds`` (raykd.final.validate), without Ray: which
+"""The validation table of ``raykd.final --top-k/--seeds`` (raykd.search.validation: the search's finalists and raykd.final --top-k), without Ray: which
 candidates are retrained, the statistics against scipy's, and the table a person reads."""
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import pytest
 from scipy import stats
 
 from raykd.config.run import MethodSpec
-from raykd.final.validate import (
+from raykd.search.validation import (
     Candidate,
     candidates,
     default_method,
     kendall_tau,
     paired,
+    seed_noise,
     spearman_rho,
     summarize,
+    summary_metrics,
     table_text,
 )
 
@@ -119,3 +121,48 @@ def test_min_mode_picks_the_lowest_mean():
     c = candidates([trial_row("x", "feature", 1.0), trial_row("y", "feature", 2.0)], 2, "search")
     s = summarize(c, [0], {"trial-x-s0": 5.0, "trial-y-s0": 3.0}, "loss", "min")
     assert s["winner"] == "trial-y" and isinstance(c[0], Candidate)
+
+
+def test_seed_noise_is_the_pooled_std_over_candidates_with_two_seeds():
+    rows = [{"per_seed": {"0": 0.40, "1": 0.44}}, {"per_seed": {"0": 0.30, "1": 0.36, "2": 0.33}},
+            {"per_seed": {"0": 0.2}}]
+    expected = math.sqrt((stats.tvar([0.40, 0.44]) + stats.tvar([0.30, 0.36, 0.33])) / 2)
+    assert math.isclose(seed_noise(rows), expected)
+    assert seed_noise([{"per_seed": {"0": 0.2}}]) is None
+
+
+def _two_seed_summary(winner_scores, defaults_scores, other=(0.10, 0.11)):
+    rows = [trial_row("a", "feature", 0.30, params={"lambda": 4.0}), trial_row("b", "feature", 0.20, params={"lambda": 1.0})]
+    cands = candidates(rows, 2, "search", student_alone=False)
+    scores = {"trial-a-s0": winner_scores[0], "trial-a-s1": winner_scores[1],
+              "trial-b-s0": other[0], "trial-b-s1": other[1],
+              "defaults-s0": defaults_scores[0], "defaults-s1": defaults_scores[1]}
+    return summarize(cands, [0, 1], scores, "bbox_mAP", "max")
+
+
+def test_verdict_beats_the_defaults_only_on_every_seed_and_beyond_the_noise():
+    s = _two_seed_summary((0.40, 0.42), (0.30, 0.31))  # noise ~0.01, gains 0.10 and 0.11
+    assert s["verdict"].startswith("trial a feature lambda=4 beats the defaults on every seed, by 10.0–11.0 AP")
+    assert s["warning"] is None
+    s = _two_seed_summary((0.40, 0.30), (0.38, 0.29))  # ahead on both seeds, by less than the noise
+    assert "cannot be told apart from the defaults within the seed noise" in s["verdict"]
+    assert "2/2 seeds" in s["verdict"]
+    assert s["warning"].startswith("warning: feature (defaults) within the seed noise")
+    s = _two_seed_summary((0.40, 0.41), (0.45, 0.47), other=(0.1, 0.1))
+    assert s["winner"] == "defaults" and "found nothing better" in s["verdict"]
+    assert "verdict: the defaults" in table_text(s)
+
+
+def test_the_searchs_reference_trial_outside_the_top_k_is_the_defaults_row():
+    rows = [trial_row("a", "feature", 0.30, params={"lambda": 4.0}), trial_row("b", "feature", 0.25, params={"lambda": 1.0}),
+            {**trial_row("r", "feature", 0.20, epoch=4), "reference": "defaults"}]
+    cands = candidates(rows, 1, "search", student_alone=False)
+    assert [c.key for c in cands] == ["trial-a", "defaults"]
+    assert cands[1].trial.trial_id == "r" and cands[1].search_score == 0.20 and cands[1].search_epoch == 4
+
+
+def test_summary_metrics_name_the_numbers_a_parent_run_shows():
+    m = summary_metrics(_two_seed_summary((0.40, 0.42), (0.30, 0.31)), "finalists_")
+    assert {"finalists_seed_noise", "finalists_winner_vs_defaults_mean_diff", "finalists_winner_vs_defaults_wins",
+            "finalists_winner_vs_defaults_p_value", "finalists_trial-a_mean"} <= set(m)
+    assert m["finalists_winner_vs_defaults_wins"] == 2.0

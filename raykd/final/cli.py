@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 
 from raykd.common.errors import ConfigError, Diverged, exits_cleanly
+from raykd.common.files import write_json_atomic
 from raykd.final.resolve import (
     Promotion,
     build_spec,
     check_checkpoint,
     check_schedule_arg,
     default_out,
-    latest_checkpoint,
     ranking_text,
     resolve_input,
 )
@@ -35,7 +35,8 @@ from raykd.final.run import (
     run_params,
     train_and_register,
 )
-from raykd.final.validate import VALIDATION_FILE, candidates, ranked_trials, run_specs
+from raykd.final.validate import VALIDATION_FILE, ranked_trials, run_specs
+from raykd.search.validation import candidates, table_text
 from raykd.tracking.lifecycle import TrackedRun
 from raykd.tracking.store import (
     KIND_TAG,
@@ -46,7 +47,7 @@ from raykd.tracking.store import (
     TRIAL_TAG,
     Tracker,
 )
-from raykd.train.layout import STUDENT_FILE
+from raykd.train.layout import STUDENT_FILE, latest_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,8 +162,8 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
     uri = args.tracking_uri or promo.tracking_uri or exp.tracking_uri
 
     # Ray and Ray Tune load only for a validation, after its inputs were checked: importing
-    # raykd.final.validation_runs costs about 0.9 s more than the rest of raykd.final.
-    from raykd.final.validation_runs import run_validation
+    # raykd.search.validation_runs costs about 0.9 s more than the rest of raykd.final.
+    from raykd.search.validation_runs import run_validation, start_validation_run
 
     tracker = Tracker(uri, "--tracking-uri")
     out.mkdir(parents=True)
@@ -175,7 +176,16 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
 
     # The table lands beside the search's best.yaml unless the user chose where the validation goes.
     table = promo.results_dir / VALIDATION_FILE if promo.results_dir and args.out is None else out / VALIDATION_FILE
-    summary = run_validation(cands, specs, seeds, metric, mode, out, table, tracker, promo.parent_run_id, register)
+    run_id = start_validation_run(tracker, cands, specs, seeds, out, promo.parent_run_id, f"validation {out.parent.name}")
+    try:
+        summary = run_validation(cands, specs, seeds, metric, mode, out, tracker, run_id, register)
+    except KeyboardInterrupt:
+        print(f"\nvalidation stopped; its runs so far are in {out}", file=sys.stderr)
+        raise SystemExit(130) from None
+    write_json_atomic(table, summary)
+    tracker.log_file(run_id, table)
+    print("\n" + table_text(summary), flush=True)
+    print(f"\nvalidation written to {table}", flush=True)
     if summary["winner"] is None:
         print("error: no validation run finished", file=sys.stderr)
         raise SystemExit(1)

@@ -32,7 +32,6 @@ from raykd.load import load_experiment, validate_method
 from raykd.models.builder import build_detector, load_weights
 from raykd.search.layout import BEST_FILE, SEARCH_STATE_FILE, TRIALS_FILE
 from raykd.tracking.store import BEST_TRIAL_TAG, KIND_TAG, TRIAL_CONFIG_ARTIFACT, TRIAL_TAG, Tracker
-from raykd.train.layout import STUDENT_FILE
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -288,12 +287,6 @@ def check_checkpoint(exp: Experiment, path: Path, source: str) -> None:
     except Exception as err:  # not a torch file, or one that needs pickle (weights_only refuses it)
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ConfigError(source, "", f"cannot read checkpoint {path}: {first}") from None
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest Ray Train checkpoint folder of a run (what a resumed run restarts from)."""
-    dirs = [p for p in run_dir.glob("checkpoint_*") if (p / STUDENT_FILE).is_file()]
-    return max(dirs, key=lambda p: p.stat().st_mtime) if dirs else None
 
 
 def default_out(promo: Promotion) -> Path:

@@ -17,6 +17,7 @@ class SearchFidelity:
     unit: str  # "epochs" or "iterations"
     train_fraction: float
     full_schedule: Schedule
+    full_schedule_rungs: bool = False  # trials follow the full schedule; the scheduler stops them at rungs
 
     @property
     def fraction(self) -> float | None:
@@ -24,6 +25,8 @@ class SearchFidelity:
 
     def describe(self) -> str:
         data = f", on {100 * self.train_fraction:.0f} % of the train images" if self.train_fraction < 1 else ""
+        if self.full_schedule_rungs:
+            return f"trials follow the full schedule ({self.full_schedule.text()}), stopped at rungs{data}"
         if self.full is None:
             whole = self.full_schedule.epochs or self.full_schedule.iters
             unit = "epochs" if self.full_schedule.epochs else "iterations"
@@ -32,12 +35,16 @@ class SearchFidelity:
 
     def params(self) -> dict[str, object]:
         return {"fidelity_trial_length": self.trial, "fidelity_full_length": self.full,
-                "fidelity_unit": self.unit, "fidelity_train_fraction": self.train_fraction}
+                "fidelity_unit": self.unit, "fidelity_train_fraction": self.train_fraction,
+                "fidelity_schedule": "full" if self.full_schedule_rungs else "search"}
 
 
 def search_fidelity(space: SearchSpace) -> SearchFidelity:
     trial, full = space.schedule, space.exp.schedules.full
     fraction = space.fidelity.train_fraction if space.fidelity else 1.0
+    if space.full_schedule_rungs:
+        length = full.epochs or full.iters
+        return SearchFidelity(length, length, "epochs" if full.epochs else "iterations", fraction, full, True)
     if trial.epochs and full.epochs:
         return SearchFidelity(trial.epochs, full.epochs, "epochs", fraction, full)
     if trial.iters and full.iters:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _load_newest_checkpoint
 
 from raykd.common.errors import ConfigError
-from raykd.common.files import write_text_atomic
+from raykd.common.files import write_json_atomic, write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.shapes import ShapesData
 from raykd.data.subsets import subset_size
@@ -40,6 +39,7 @@ from raykd.search.algorithms import make_searcher
 from raykd.search.algorithms.optuna import STUDY_FILE, study_name
 from raykd.search.console import TABLE_EVERY_S, TrialEvents, quiet_tune
 from raykd.search.fidelity import search_fidelity
+from raykd.search.finalists import FINALISTS_FILE, run_finalists
 from raykd.search.layout import (
     BEST_FILE,
     PARETO_FILE,
@@ -55,10 +55,26 @@ from raykd.search.timeline import STEP_TIMES
 from raykd.search.trainable import run_trial, trial_spec
 from raykd.search.trust import rung_agreement, rungs
 from raykd.search.tune_callback import MLflowTrialLogger
+from raykd.search.tune_session import (
+    callback_of,
+    interrupted_by_signal,
+    mark_sigint,
+    restored_or_new,
+    unfinished_trials,
+)
+from raykd.search.validation import summary_metrics
 from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.lifecycle import RunStatus, TrackedRun
-from raykd.tracking.store import BEST_RUN_TAG, BEST_TRIAL_TAG, KIND_TAG, RESULTS_DIR_TAG, Tracker, flatten
+from raykd.tracking.store import (
+    BEST_RUN_TAG,
+    BEST_TRIAL_TAG,
+    KIND_TAG,
+    RESULTS_DIR_TAG,
+    VERDICT_TAG,
+    Tracker,
+    flatten,
+)
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
 from raykd.train.launch import ensure_ray, ensure_teachers
@@ -81,6 +97,8 @@ class SearchOutcome:
     pareto: list[str] | None = None  # multi-objective searches: the trial ids on the Pareto front, best first
     vs_defaults: dict[str, Any] | None = None  # the best trial against its method's defaults (references.py)
     rung_agreement: list[dict[str, Any]] = field(default_factory=list)  # Kendall τ between rungs (trust.py)
+    trial_epochs: int = 0  # epochs the trials reached, summed (the search's compute)
+    finalists: dict[str, Any] | None = None  # their table and verdict (raykd.search.validation), if they ran
 
 
 def full_epochs(space: SearchSpace) -> int:
@@ -149,26 +167,6 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def _keyboard_interrupt(sig, frame):
-    raise KeyboardInterrupt
-
-
-def _mark_sigint() -> None:
-    """Install a known SIGINT handler before Tune runs. Tune replaces it with its own and puts the
-    previous one back only when a stop signal arrives, so finding ours again afterwards means the
-    search was interrupted (Tune marks the stopped trials TERMINATED, so statuses cannot tell)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _keyboard_interrupt)
-
-
-def _interrupted_by_signal() -> bool:
-    return (
-        threading.current_thread() is threading.main_thread()
-        and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
-        and signal.getsignal(signal.SIGINT) is _keyboard_interrupt
-    )
-
-
 def run_search(
     space: SearchSpace,
     results_dir: Path,
@@ -199,27 +197,84 @@ def run_search(
         ensure_teachers(space.exp, teachers_needed(space), results_dir / "teachers")
         _sigterm_as_interrupt()
         tuner = _tuner_for(space, results_dir, resume, epochs, logger, train_hooks, verbose, table_every_s)
-        _mark_sigint()
-        t_search = time.perf_counter()  # the search's own time: teachers trained first are not trial time
-        with quiet_tune(not verbose):
-            grid = tuner.fit()
-        search_s = time.perf_counter() - t_search
-        interrupted = _interrupted_by_signal() or _was_interrupted(grid, results_dir / "tune")
-        logger = _callback_of(tuner, logger)
+        grid, search_s = _fit(tuner, verbose)
+        logger = callback_of(tuner, MLflowTrialLogger, logger)
         run.on_unfinished = logger.mark_unfinished
-        trials = [_trial_row(space, r) for r in grid]
-        # Slots a search could fill: fewer trials than max_concurrent_trials leave the rest unused by design.
-        timeline = logger.timeline.summary(search_s, max(min(space.search.max_concurrent_trials, len(trials)), 1))
-        outcome = SearchOutcome(results_dir, parent, None, interrupted, time.perf_counter() - t0,
-                                sum(_train_seconds(r) for r in grid), trials, timeline)
-        if interrupted:
+        outcome = _outcome(space, grid, results_dir, parent, logger, search_s)
+        if not outcome.interrupted:
+            rows, variants = _record_results(space, grid, epochs, outcome, tracking, logger, tracker)
+            if space.search.finalists and rows:
+                _run_finalists(space, rows, variants, epochs, outcome, tracker, run, resume, train_hooks)
+        outcome.wall_s = time.perf_counter() - t0
+        if outcome.interrupted:
             run.end_as(RunStatus.INTERRUPTED)
             return outcome
-        _record_results(space, grid, epochs, outcome, tracking, logger, tracker)
-        run.update(wall_s=outcome.wall_s, train_s=outcome.train_s, overhead_fraction=timeline["overhead_fraction"],
-                   timeline=timeline, vs_defaults=outcome.vs_defaults, default_notes=space.default_notes,
-                   rung_agreement=outcome.rung_agreement)
+        run.update(**_state_fields(space, outcome))
         return outcome
+
+
+def _fit(tuner, verbose: bool):
+    """Tune's session, and the seconds it took (the search's own time: teachers trained first are not
+    trial time)."""
+    mark_sigint()
+    t0 = time.perf_counter()
+    with quiet_tune(not verbose):
+        grid = tuner.fit()
+    return grid, time.perf_counter() - t0
+
+
+def _outcome(space: SearchSpace, grid, results_dir: Path, parent: str, logger, search_s: float) -> SearchOutcome:
+    trials = [_trial_row(space, r) for r in grid]
+    # Slots a search could fill: fewer trials than max_concurrent_trials leave the rest unused by design.
+    timeline = logger.timeline.summary(search_s, max(min(space.search.max_concurrent_trials, len(trials)), 1))
+    interrupted = interrupted_by_signal() or _was_interrupted(grid, results_dir / "tune")
+    return SearchOutcome(results_dir, parent, None, interrupted, 0.0, sum(_train_seconds(r) for r in grid), trials,
+                         timeline, trial_epochs=sum(int(t["epoch"] or 0) for t in trials))
+
+
+def _state_fields(space: SearchSpace, outcome: SearchOutcome) -> dict[str, Any]:
+    """What search.json adds once the search finished."""
+    timeline = outcome.timeline
+    return {"wall_s": outcome.wall_s, "train_s": outcome.train_s, "overhead_fraction": timeline["overhead_fraction"],
+            "timeline": timeline, "vs_defaults": outcome.vs_defaults, "default_notes": space.default_notes,
+            "rung_agreement": outcome.rung_agreement, "compute": compute_spent(space, outcome),
+            **({"finalists": outcome.finalists} if outcome.finalists is not None else {})}
+
+
+def compute_spent(space: SearchSpace, outcome: SearchOutcome) -> dict[str, Any]:
+    """Trial-epochs the search trained (reused MTPD stage prefixes included) and its finalists',
+    and what they make in full trainings of the experiment's schedule (when it is in epochs)."""
+    f = outcome.finalists
+    finalist_epochs = f["trained_runs"] * (space.exp.schedules.full.epochs or 0) if f else 0
+    full = space.exp.schedules.full.epochs
+    total = outcome.trial_epochs + finalist_epochs
+    return {"search_trial_epochs": outcome.trial_epochs, "finalist_epochs": finalist_epochs,
+            "full_schedule_epochs": full, "full_trainings": None if not full else total / full}
+
+
+def _run_finalists(space: SearchSpace, rows, variants, epochs: int, outcome: SearchOutcome, tracker: Tracker,
+                   run: TrackedRun, resume: bool, train_hooks) -> None:
+    """The finalists after the main budget: their table becomes the search's answer (best.yaml, the
+    parent run's verdict), or, stopped, the search is interrupted (resume continues them)."""
+    try:
+        summary, winner = run_finalists(space, rows, variants, epochs, outcome.results_dir, tracker, run, resume,
+                                        train_hooks)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        return
+    results_dir, parent = outcome.results_dir, outcome.parent_run_id
+    outcome.finalists = summary
+    write_json_atomic(results_dir / FINALISTS_FILE, summary)
+    tracker.log_file(parent, results_dir / FINALISTS_FILE)
+    tracker.log_metrics(parent, summary_metrics(summary, "finalists_"), 0)
+    if summary["verdict"]:
+        tracker.set_tags(parent, {VERDICT_TAG: summary["verdict"]})
+    if winner is not None:
+        outcome.best = winner
+        save_trial_config(winner, results_dir / BEST_FILE)
+        tracker.log_file(parent, results_dir / BEST_FILE)
+        tracker.set_tags(parent, {BEST_TRIAL_TAG: winner.trial_id,
+                                  **({BEST_RUN_TAG: winner.mlflow.run_id} if winner.mlflow and winner.mlflow.run_id else {})})
 
 
 def _open_parent(space: SearchSpace, results_dir: Path, tracker: Tracker, resume: bool) -> tuple[str, dict[str, Any]]:
@@ -247,22 +302,20 @@ def _tuner_for(space, results_dir: Path, resume: bool, epochs: int, logger, trai
         ),
         trial_driver_resources(),  # the trial driver only waits; its Ray Train workers hold the CPUs/GPUs
     )
-    tune_dir = results_dir / "tune"
-    if resume and tune.Tuner.can_restore(str(tune_dir)):
-        return tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False)
     events = TrialEvents(partial(trial_label, space), space.metric, space.mode, epochs,
                          space.scheduler.type == "asha", table_every_s)
-    return _new_tuner(space, trainable, results_dir, epochs, [logger, events], verbose)
+    return restored_or_new(results_dir / "tune", trainable, resume,
+                           lambda: _new_tuner(space, trainable, results_dir, epochs, [logger, events], verbose))
 
 
 def _record_results(space, grid, epochs: int, outcome: SearchOutcome, tracking: MlflowRef, logger,
-                    tracker: Tracker) -> None:
-    """The finished search's files (trials.yaml, best.yaml, pareto.yaml) and its parent run's record."""
+                    tracker: Tracker) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+    """The finished search's files (trials.yaml, best.yaml, pareto.yaml) and its parent run's record.
+    Returns the ranked rows of trials.yaml and each trial's student variant (the finalists' input)."""
     results_dir, parent, timeline = outcome.results_dir, outcome.parent_run_id, outcome.timeline
     ranked = _ranked(space, grid, epochs)
     outcome.best = _trial_of(space, ranked[0], tracking, logger) if ranked else None
-    _save_ranking(space, ranked, results_dir, tracking, logger)
+    rows = _save_ranking(space, ranked, results_dir, tracking, logger)
     tracker.log_file(parent, results_dir / TRIALS_FILE)
     outcome.pareto = _save_pareto(space, ranked, epochs, results_dir, tracking, logger, tracker, parent)
     if outcome.best is not None:
@@ -282,7 +335,9 @@ def _record_results(space, grid, epochs: int, outcome: SearchOutcome, tracking: 
                                  for r in outcome.rung_agreement if r["kendall_tau"] is not None}, 0)
     if outcome.vs_defaults is not None:
         tracker.log_metrics(parent, {"best_vs_defaults": outcome.vs_defaults["gain"]}, 0)
+    tracker.log_metrics(parent, {"trial_epochs": outcome.trial_epochs}, 0)
     _log_optuna_plots(tracker, parent, results_dir, space)
+    return rows, {r.metrics["trial_id"]: trial_student(space, r.config) for r in ranked}
 
 
 def _histories(space: SearchSpace, grid) -> dict[str, dict[int, float]]:
@@ -317,15 +372,12 @@ def _check_fits(space: SearchSpace) -> None:
 
 
 def _was_interrupted(grid, tune_dir: Path) -> bool:
-    """Tune answers Ctrl-C/SIGTERM by saving its state and returning early, leaving trials that are
-    not TERMINATED/ERROR (or never created). ResultGrid exposes no status, so the trials are read
-    from its analysis object; an interrupted trial may also have no result files at all. Whether
-    every trial was created is Tune's own record of the search (a searcher may finish early, e.g.
-    bgs, so the trial count alone cannot tell)."""
-    trials = grid._experiment_analysis.trials
+    """An interrupted search leaves unfinished trials, or trials never created. Whether every trial
+    was created is Tune's own record of the search (a searcher may finish early, e.g. bgs, so the
+    trial count alone cannot tell); an interrupted trial may have no result files at all."""
     search = _load_newest_checkpoint(str(tune_dir), SearchGenerator.CKPT_FILE_TMPL.format("*")) or {}
     created_all = search.get("finished") or search.get("counter", 0) >= search.get("total_samples", 1)
-    return not created_all or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    return not created_all or unfinished_trials(grid)
 
 
 def _timeline_metrics(timeline: dict[str, Any]) -> dict[str, float]:
@@ -366,17 +418,6 @@ def _new_tuner(space, trainable, results_dir, epochs, callbacks: list, verbose: 
     )
 
 
-def _callback_of(tuner, default: MLflowTrialLogger) -> MLflowTrialLogger:
-    """The MLflow callback instance Tune actually used (a restored Tuner unpickles its own)."""
-    try:
-        for cb in tuner._local_tuner.get_run_config().callbacks or []:
-            if isinstance(cb, MLflowTrialLogger):
-                return cb
-    except AttributeError:
-        pass
-    return default
-
-
 def _train_seconds(result) -> float:
     df = result.metrics_dataframe
     if df is None or "train_time" not in df:
@@ -410,7 +451,7 @@ def _trial_of(space, result, tracking: MlflowRef, logger) -> TrialConfig:
     return _trial_config(space, result.config, trial_id, result.metrics, ref)
 
 
-def _save_ranking(space, ranked, results_dir: Path, tracking: MlflowRef, logger) -> None:
+def _save_ranking(space, ranked, results_dir: Path, tracking: MlflowRef, logger) -> list[dict[str, Any]]:
     """``trials.yaml``: every scored trial, best first, with the epochs it reached (what
     ``raykd.final --top-k`` validates)."""
     rows = [{"rank": i + 1, "epoch": int(r.metrics.get("epoch", 0)), "score": float(r.metrics[space.metric]),
@@ -419,6 +460,7 @@ def _save_ranking(space, ranked, results_dir: Path, tracking: MlflowRef, logger)
             for i, r in enumerate(ranked)]
     write_text_atomic(results_dir / TRIALS_FILE, yaml.safe_dump({"metric": space.metric, "mode": space.mode,
                                                                  "trials": rows}, sort_keys=False))
+    return rows
 
 
 def _save_pareto(space, ranked, epochs, results_dir: Path, tracking: MlflowRef, logger, tracker, parent) -> list[str] | None:

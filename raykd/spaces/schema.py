@@ -80,6 +80,11 @@ class Objective(Strict):
     mode: Literal["max", "min"]
 
 
+class Finalists(Strict):
+    top_k: PositiveInt = 2  # the search's K best trials (the defaults trial among them counts as one)
+    seeds: PositiveInt = 3  # each at the full schedule on the experiment's seed and the next ones
+
+
 class SearchSettings(Strict):
     # Which search algorithm proposes the trials (raykd/search/algorithms/<name>.py); `sampler` and
     # `n_startup_trials` are the optuna algorithm's.
@@ -92,6 +97,9 @@ class SearchSettings(Strict):
     # run first as reference trials of their own, on top of num_samples: the search says how its best
     # compares with them at the same fidelity.
     defaults: bool = True
+    # After the search, its best trials and the winner's method at its defaults train at the full
+    # schedule on several seeds; the search's answer is the best mean (raykd.search.validation).
+    finalists: Finalists | None = None
     max_concurrent_trials: PositiveInt = 2
     max_failures: Annotated[int, Field(ge=0)] = 0  # retries of a failed trial
     # MTPD trials whose orders start alike train the shared stages once (same seed, same settings).
@@ -105,13 +113,35 @@ class Scheduler(Strict):
     max_t: PositiveInt | None = None  # epochs; default: the fidelity schedule's length
 
 
-class Fidelity(Schedule):
-    """A trial's length and, for big data, how much of it a trial sees: a seeded fraction of the train
-    images and a seeded fixed set of val images (the same for every trial of a search with the same
-    ``search.seed``; ``raykd.final`` always uses everything)."""
+class Fidelity(Strict):
+    """How much training a trial gets. ``schedule: search`` (the default): a compressed schedule of
+    its own (``epochs``/``iters`` here, else the experiment's ``schedules.search``), its LR curve
+    squeezed into it. ``schedule: full``: every trial follows the experiment's full schedule (its LR
+    curve, its epochs) and ASHA stops it at rungs, so a trial that survives to the top rung is a
+    full-schedule result. For big data: a seeded fraction of the train images and a seeded fixed set
+    of val images (the same for every trial of a search with the same ``search.seed``;
+    ``raykd.final`` always uses everything)."""
 
+    schedule: Literal["search", "full"] = "search"
+    epochs: PositiveInt | None = None
+    iters: PositiveInt | None = None
     train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     val_images: PositiveInt | None = None  # default: every val image
+
+    @model_validator(mode="after")
+    def _length(self) -> Fidelity:
+        if self.epochs is not None and self.iters is not None:
+            raise ValueError("give at most one of epochs or iters")
+        if self.schedule == "full" and (self.epochs or self.iters):
+            raise ValueError("schedule: full trains the experiment's schedules.full; drop epochs/iters")
+        return self
+
+    @property
+    def length(self) -> Schedule | None:
+        """The compressed schedule given here, if any."""
+        if self.epochs is None and self.iters is None:
+            return None
+        return Schedule(epochs=self.epochs, iters=self.iters)
 
 
 class SearchSpace(Strict):
@@ -148,10 +178,18 @@ class SearchSpace(Strict):
         return self.loaded_experiment
 
     @property
+    def full_schedule_rungs(self) -> bool:
+        """Trials follow the full schedule and the scheduler stops them at rungs."""
+        return self.fidelity is not None and self.fidelity.schedule == "full"
+
+    @property
     def schedule(self) -> Schedule:
-        if self.fidelity is None:
+        """The schedule every trial trains."""
+        if self.full_schedule_rungs:
+            return self.exp.schedules.full
+        if self.fidelity is None or self.fidelity.length is None:
             return self.exp.schedules.search
-        return Schedule(epochs=self.fidelity.epochs, iters=self.fidelity.iters)
+        return self.fidelity.length
 
     @property
     def subset(self) -> DataSubset | None:

@@ -46,7 +46,7 @@ def failure_reason(err: BaseException) -> str:
 
 class TrackedRun:
     """``with TrackedRun(tracker, run_id, state_path, state) as run: ...`` — the state file says
-    ``running`` from the start and the outcome at the end; ``run.update(...)`` adds fields to it,
+    ``running`` from the start and the outcome at the end; ``run.update(...)`` adds fields to it now,
     ``run.end_as(status, reason)`` ends a block that returns normally with another status (an
     interrupted search returns; a validation without a winner fails). ``on_unfinished`` (e.g. the
     trial runs' logger) is told the MLflow status when the run does not finish."""
@@ -64,7 +64,9 @@ class TrackedRun:
         return self
 
     def update(self, **fields: Any) -> None:
+        """Add fields to the state file, written at once (a later resume may need them)."""
         self.state.update(fields)
+        self._write()
 
     def end_as(self, status: RunStatus, reason: str | None = None) -> None:
         self.status, self.reason = status, reason

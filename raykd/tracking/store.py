@@ -27,6 +27,7 @@ BEST_RUN_TAG = "raykd.best_run_id"  # the best trial's run (on a search's parent
 OUT_DIR_TAG = "raykd.out_dir"  # a final or validation run's output directory
 SEARCH_PARENT_TAG = "raykd.search_parent_run_id"  # the search a final or validation run comes from
 SEARCH_TRIAL_RUN_TAG = "raykd.search_trial_run_id"  # the trial run a final run retrains
+VERDICT_TAG = "raykd.verdict"  # a validation's answer in words: beats the defaults, or cannot be told apart
 VALIDATION_WINNER_TAG = "raykd.validation_winner"  # the candidate with the best full-schedule mean
 VALIDATION_RUN_TAG = "raykd.validation_run"  # on a registered version: the validation run it came from
 METHOD_TAG = "raykd.method"  # on a registered version

@@ -272,7 +272,10 @@ class Worker:
             if it >= total:
                 break
             t_s = time.perf_counter()
-            optim.set_lr_factor(lr_factor(cfg.lr_schedule, it, total, cfg.warmup_iters, iters_per_epoch))
+            factor = lr_factor(cfg.lr_schedule, it, total, cfg.warmup_iters, iters_per_epoch)
+            optim.set_lr_factor(factor)
+            for hook in self.hooks:
+                hook.after_lr(it, self.rank, factor)
             data = self.student.data_preprocessor(batch, True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 losses = model(data["inputs"], data["data_samples"], it, total)
