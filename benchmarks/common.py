@@ -45,7 +45,7 @@ def train_full_schedule(specs: dict, storage: Path, on_result) -> None:
     phase cut short keeps what it trained."""
     from ray import tune
 
-    from raykd.final.validation_runs import concurrent_runs, validation_run
+    from raykd.search.validation_runs import concurrent_runs, validation_run
     from raykd.train.cluster import trial_driver_resources
     from raykd.train.launch import ensure_ray
 
