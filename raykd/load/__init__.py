@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from raykd.common.errors import ConfigError
-from raykd.config.experiment import COCO_PATH_KEYS, CocoData, Experiment, parse_experiment, resolve_paths
+from raykd.config.experiment import Experiment, parse_experiment, resolve_paths
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
-from raykd.data.pipelines import experiment_pipelines
+from raykd.data.kinds import data_source
 from raykd.distill.base import check_method
 from raykd.models.builder import check_config_exists
 from raykd.train.teachers import check_classes_and_checkpoints
@@ -35,8 +35,7 @@ def check_experiment(exp: Experiment) -> None:
     for name, t in exp.teachers.items():
         check_config_exists(t.config, exp.source, f"teachers.{name}.config")
     _check_present(exp)
-    if isinstance(exp.dataset, CocoData):
-        experiment_pipelines(exp)  # an unknown transform fails here, not in the first worker
+    data_source(exp.dataset).check(exp)
     check_classes_and_checkpoints(exp)
 
 
@@ -44,8 +43,7 @@ def _check_present(exp: Experiment) -> None:
     """Every missing input file at once, in one line: supplying COCO and a checkpoint is one step,
     not one failed start per file."""
     wanted = {f"teachers.{name}.checkpoint": t.checkpoint for name, t in exp.teachers.items() if t.checkpoint}
-    if isinstance(exp.dataset, CocoData):
-        wanted.update({f"dataset.{key}": getattr(exp.dataset, key) for key in COCO_PATH_KEYS})
+    wanted.update(data_source(exp.dataset).given_files())
     missing = [(key, path) for key, path in wanted.items() if not Path(path).expanduser().exists()]
     if missing:
         (key, path), rest = missing[0], missing[1:]
