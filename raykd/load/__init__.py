@@ -13,7 +13,7 @@ from raykd.config.experiment import Experiment, parse_experiment, resolve_paths
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
 from raykd.data.kinds import data_source
-from raykd.distill.base import check_method
+from raykd.distill.base import InvalidMethod, check_method
 from raykd.models.builder import check_config_exists
 from raykd.train.teachers import check_classes_and_checkpoints
 
@@ -53,7 +53,7 @@ def _check_present(exp: Experiment) -> None:
 
 def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
     """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""
-    problem = check_method(method.name, method.params, method.teacher, exp.teacher_names)
-    if problem:
-        key, msg = problem
-        raise ConfigError(source, f"{prefix}.{key}" if key != "method" else prefix, msg)
+    try:
+        check_method(method.name, method.params, method.teacher, exp.teacher_names)
+    except InvalidMethod as err:
+        raise ConfigError(source, f"{prefix}.{err.key}" if err.key != "method" else prefix, err.message) from None
