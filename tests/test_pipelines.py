@@ -113,8 +113,9 @@ def test_every_dataset_kind_has_a_source():
     """A kind the schema accepts but no source serves would fail only once data is loaded."""
     from typing import get_args
 
-    from raykd.config.experiment import DatasetSpec
+    from raykd.config.experiment import DATASET_KINDS, DatasetSpec
     from raykd.data.kinds import SOURCES
 
     specs = get_args(get_args(DatasetSpec)[0])
-    assert {get_args(s.model_fields["kind"].annotation)[0] for s in specs} == set(SOURCES)
+    assert {get_args(s.model_fields["kind"].annotation)[0]: s for s in specs} == DATASET_KINDS
+    assert set(SOURCES) == set(DATASET_KINDS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raykd.common.errors import ConfigError
-from raykd.config.experiment import COCO_PATH_KEYS, CocoData, Experiment
+from raykd.config.experiment import CocoData, Experiment
 from raykd.data.classes import file_class_map, split_map
 from raykd.data.pipelines import check_transforms
 from raykd.data.source import DataPaths, DataSource, Pipeline, SplitPaths
@@ -52,9 +52,6 @@ class CocoSource(DataSource):
         check_transforms(pipeline, exp.source, f"student.config {name}")
         scale = self.spec.image_scale
         return [{**t, "scale": tuple(scale)} if t.get("type") == "Resize" and scale else t for t in pipeline]
-
-    def given_files(self) -> dict[str, Path]:
-        return {f"dataset.{key}": getattr(self.spec, key) for key in COCO_PATH_KEYS}
 
     def check(self, exp: Experiment) -> None:
         self.pipelines(exp)  # an unknown transform fails here, not in the first worker

@@ -59,7 +59,7 @@ class DataSource(ABC):
 
     def given_files(self) -> dict[str, Path]:
         """Files the user supplies, by their key in the experiment file (checked to exist at load)."""
-        return {}
+        return {f"dataset.{key}": Path(getattr(self.spec, key)) for key in self.spec.path_keys}
 
     @abstractmethod
     def check(self, exp: Experiment) -> None:
