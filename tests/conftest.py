@@ -32,6 +32,17 @@ def config_error_at(key: str, path=None):
         assert err.source == str(path) and str(path) in err.line(), err.line()
 
 
+def method_problem(name: str, params: dict, teacher: str | None, pool: list[str]) -> tuple[str, str] | None:
+    """``check_method``'s verdict as (key, message), or None when the set-up can run."""
+    from raykd.distill.base import InvalidMethod, check_method
+
+    try:
+        check_method(name, params, teacher, pool)
+    except InvalidMethod as err:
+        return err.key, err.message
+    return None
+
+
 def assert_refused(load, path, key: str) -> None:
     """``load(path)`` refuses the file with one line naming it and ``key``."""
     with config_error_at(key, path):

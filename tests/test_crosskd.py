@@ -132,10 +132,10 @@ def test_mismatched_heads_are_clear_errors(student, teachers):
 
 
 def test_invalid_params_are_rejected():
-    from raykd.distill.base import check_method
+    from conftest import method_problem
 
-    key, msg = check_method("crosskd", {"index": -1}, "big", ["big"])
+    key, msg = method_problem("crosskd", {"index": -1}, "big", ["big"])
     assert key == "params.index" and "greater than or equal" in msg
-    key, _ = check_method("crosskd", {"beta": -0.5}, "big", ["big"])
+    key, _ = method_problem("crosskd", {"beta": -0.5}, "big", ["big"])
     assert key == "params.beta"
-    assert check_method("crosskd", {"index": 2, "reg_weight": 0.5}, "big", ["big"]) is None
+    assert method_problem("crosskd", {"index": 2, "reg_weight": 0.5}, "big", ["big"]) is None

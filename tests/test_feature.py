@@ -55,9 +55,9 @@ def test_default_lambda_follows_the_student_kind(student, teachers):
 
 
 def test_negative_lambda_is_rejected():
-    from raykd.distill.base import check_method
+    from conftest import method_problem
 
-    key, msg = check_method("feature", {"lambda": -1}, None, ["big"])
+    key, msg = method_problem("feature", {"lambda": -1}, None, ["big"])
     assert key == "params.lambda" and "greater than or equal" in msg
 
 

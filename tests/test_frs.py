@@ -127,10 +127,10 @@ def test_mismatched_classes_and_unsupported_heads_are_clear_errors(student, teac
 
 
 def test_negative_weights_are_rejected():
-    from raykd.distill.base import check_method
+    from conftest import method_problem
 
-    key, msg = check_method("frs", {"feat_weight": -1}, "big", ["big"])
+    key, msg = method_problem("frs", {"feat_weight": -1}, "big", ["big"])
     assert key == "params.feat_weight" and "greater than or equal" in msg
-    key, msg = check_method("frs", {"warmup": 3}, "big", ["big"])
+    key, msg = method_problem("frs", {"warmup": 3}, "big", ["big"])
     assert key == "params.warmup" and "unknown parameter" in msg
-    assert check_method("frs", {"cls_weight": 0.1, "warmup_iters": 5}, "big", ["big"]) is None
+    assert method_problem("frs", {"cls_weight": 0.1, "warmup_iters": 5}, "big", ["big"]) is None

@@ -96,14 +96,14 @@ def test_student_matching_the_teacher_value_gives_zero_kd_loss(student, teachers
 
 
 def test_param_checks():
-    from raykd.distill.base import check_method
+    from conftest import method_problem
 
-    key, msg = check_method("icd", {"hidden_dim": 64, "num_heads": 3}, None, ["big"])
+    key, msg = method_problem("icd", {"hidden_dim": 64, "num_heads": 3}, None, ["big"])
     assert "num_heads" in key and "hidden_dim 64" in msg and "num_heads 3" in msg
-    assert check_method("icd", {"hidden_dim": 9, "num_heads": 3}, None, ["big"])[0] == "params.hidden_dim"
-    assert check_method("icd", {**SMALL, "lambda": 2, "warmup_iters": 0}, None, ["big"]) is None
-    assert check_method("icd", {"num_layers": 7}, None, ["big"])[0] == "params.num_layers"
-    assert check_method("icd", {"aux_weight": 1.0}, None, ["big"])[0] == "params.aux_weight"
+    assert method_problem("icd", {"hidden_dim": 9, "num_heads": 3}, None, ["big"])[0] == "params.hidden_dim"
+    assert method_problem("icd", {**SMALL, "lambda": 2, "warmup_iters": 0}, None, ["big"]) is None
+    assert method_problem("icd", {"num_layers": 7}, None, ["big"])[0] == "params.num_layers"
+    assert method_problem("icd", {"aux_weight": 1.0}, None, ["big"])[0] == "params.aux_weight"
 
 
 def test_official_defaults(student, teachers):

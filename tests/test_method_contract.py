@@ -8,10 +8,12 @@ is checked under its name.
 
 import pytest
 import torch
-from conftest import NECK, SCRATCH, kd_step
+from conftest import NECK, SCRATCH, config_error_at, kd_step
 
-from raykd.distill.base import get_method, method_names
+from raykd.config.run import MethodSpec
+from raykd.distill.base import InvalidMethod, get_method, method_names
 from raykd.distill.mtpd import MTPDParams
+from raykd.load import validate_method
 from raykd.models.builder import build_detector, freeze
 from raykd.train.model import DistillModel
 
@@ -101,3 +103,32 @@ def test_method_contract(name, setup, batch):
     assert len(grouped) == len(set(grouped)), "a parameter is in two optimiser groups"
     assert set(grouped) == {id(p) for p in model.parameters() if p.requires_grad}
     assert all(g["params"] and g["lr"] > 0 for g in groups)
+
+
+# One invalid set-up per method with a cross-field rule, and the key it is refused under.
+REFUSED = {
+    "icd": ({"hidden_dim": 64, "num_heads": 3}, "params.num_heads"),
+    "policy": ({"feat_weight": 0, "frs_weight": 0, "crosskd_weight": 0}, "params.feat_weight"),
+    "mtpd": ({"order": ["big", "big"]}, "params.order"),
+}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_check_raises_or_returns_nothing(name):
+    """``Method.check`` has one contract: it returns None for a set-up that can run and raises
+    ``InvalidMethod`` naming the parameter otherwise, never returns a problem for the caller to test."""
+    cls = get_method(name)
+    params = MTPDParams(order=["big"]) if name == "mtpd" else cls.Params()
+    assert cls.check(params, ["big"]) is None
+    if name in REFUSED:
+        bad, key = REFUSED[name]
+        with pytest.raises(InvalidMethod) as err:
+            cls.check(cls.Params(**bad), ["big"])
+        assert err.value.key == key
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_refused_method_is_a_config_error_naming_the_file_and_key(name, tiny_exp):
+    bad, key = REFUSED[name]
+    with config_error_at(f"params.{name}.{key}", "space.yaml"):
+        validate_method(MethodSpec(name=name, params=bad), tiny_exp, "space.yaml", prefix=f"params.{name}")

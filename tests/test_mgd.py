@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import faster_rcnn, kd_step
+from conftest import faster_rcnn, kd_step, method_problem
 
 from raykd.distill import get_method
-from raykd.distill.base import KDStep, StageStart, check_method
+from raykd.distill.base import KDStep, StageStart
 from raykd.distill.mgd import conv_levels, random_mask
 from raykd.models.builder import build_detector, freeze
 
@@ -153,5 +153,5 @@ def test_init_student_false_leaves_the_student_alone(student, teachers):
     [({"lambda_mgd": 1.5}, "params.lambda_mgd"), ({"alpha_mgd": -1}, "params.alpha_mgd"), ({"alpha": 1}, "params.alpha")],
 )
 def test_bad_params_are_one_error_naming_the_key(params, key):
-    problem = check_method("mgd", params, None, ["big"])
+    problem = method_problem("mgd", params, None, ["big"])
     assert problem is not None and problem[0] == key

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, method_problem
 
 from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
-from raykd.distill.base import check_method
 from raykd.load import load_experiment
 from raykd.train import loop
 from raykd.train.launch import build_trainer, ensure_teachers, run_training
@@ -181,5 +180,5 @@ def test_single_stage_runs_keep_no_stage_folder(exp, tmp_path):
     ],
 )
 def test_invalid_settings_are_one_clear_error(params, key, words):
-    problem = check_method("mtpd", params, None, ORDER)
+    problem = method_problem("mtpd", params, None, ORDER)
     assert problem is not None and problem[0] == key and words in problem[1]

@@ -6,8 +6,9 @@ from cocoset import coco_experiment, tiny_coco
 
 from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
-from raykd.data.loaders import build_datasets, build_loader
-from raykd.data.pipelines import data_workers, experiment_pipelines, shapes_pipeline
+from raykd.data.kinds import data_source
+from raykd.data.loaders import build_datasets, build_loader, data_workers, iters_per_epoch
+from raykd.data.shapes import shapes_pipeline
 from raykd.load import load_experiment
 from raykd.models.builder import load_config
 
@@ -33,7 +34,8 @@ def types(pipeline):
 
 
 def test_coco_defaults_to_the_student_config_pipelines(sets):
-    train, test = experiment_pipelines(coco_exp(sets, image_scale=None))
+    exp = coco_exp(sets, image_scale=None)
+    train, test = data_source(exp.dataset).pipelines(exp)
     config = load_config(STUDENT_CONFIG)
     assert train == config["train_pipeline"] and test == config["test_pipeline"]
     assert types(train) == ["LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "PackDetInputs"]
@@ -41,7 +43,8 @@ def test_coco_defaults_to_the_student_config_pipelines(sets):
 
 
 def test_image_scale_resizes_the_config_pipelines(sets):
-    train, test = experiment_pipelines(coco_exp(sets, image_scale=[64, 48]))
+    exp = coco_exp(sets, image_scale=[64, 48])
+    train, test = data_source(exp.dataset).pipelines(exp)
     assert [t["scale"] for t in train + test if t["type"] == "Resize"] == [(64, 48), (64, 48)]
 
 
@@ -49,7 +52,7 @@ def test_experiment_pipelines_override_the_config(sets):
     own = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations", "with_bbox": True},
            {"type": "Resize", "scale": [40, 40], "keep_ratio": False}, {"type": "PackDetInputs"}]
     exp = coco_exp(sets, image_scale=None, train_pipeline=own)
-    train, test = experiment_pipelines(exp)
+    train, test = data_source(exp.dataset).pipelines(exp)
     assert train == own and types(test)[1] == "Resize"  # test pipeline still the config's
     item = build_datasets(exp).train[0]
     assert tuple(item["inputs"].shape[1:]) == (40, 40)
@@ -97,3 +100,22 @@ def test_loader_with_worker_processes(sets):
     assert loader.num_workers == 2 and loader.persistent_workers
     batches = [len(b["inputs"]) for b in loader]
     assert batches == [2] * (len(data.train) // 2)
+
+
+@pytest.mark.parametrize(("images", "batch", "workers"), [(32, 4, 1), (33, 4, 1), (35, 8, 2), (7, 4, 4), (800, 8, 2)])
+def test_iters_per_epoch_is_the_train_loaders_length(images, batch, workers):
+    """Every schedule in epochs is turned into iterations with it, before any loader exists."""
+    loader = build_loader(list(range(images)), batch // workers, True, 0, workers, 0)
+    assert iters_per_epoch(images, batch, workers) == max(len(loader), 1)
+
+
+def test_every_dataset_kind_has_a_source():
+    """A kind the schema accepts but no source serves would fail only once data is loaded."""
+    from typing import get_args
+
+    from raykd.config.experiment import DATASET_KINDS, DatasetSpec
+    from raykd.data.kinds import SOURCES
+
+    specs = get_args(get_args(DatasetSpec)[0])
+    assert {get_args(s.model_fields["kind"].annotation)[0]: s for s in specs} == DATASET_KINDS
+    assert set(SOURCES) == set(DATASET_KINDS)

@@ -4,10 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SCRATCH, kd_step
+from conftest import SCRATCH, kd_step, method_problem
 
 from raykd.distill import get_method
-from raykd.distill.base import check_method
 from raykd.distill.frs import _HEADS as FRS_HEADS
 from raykd.distill.frs import _frs_head, richness_cls_loss
 from raykd.distill.policy_terms import (
@@ -153,12 +152,12 @@ def test_spatial_attention_by_hand():
     ],
 )
 def test_invalid_params_are_one_line_errors_naming_the_key(params, key, words):
-    problem = check_method("policy", params, "big", ["big"])
+    problem = method_problem("policy", params, "big", ["big"])
     assert problem is not None and problem[0] == key and words in problem[1] and "\n" not in problem[1]
 
 
 def test_valid_params_pass_and_a_zero_weight_switches_only_that_term_off():
-    assert check_method("policy", {"feat_weight": 0, "frs_weight": 0.1, "levels": [0, 2]}, "big", ["big"]) is None
+    assert method_problem("policy", {"feat_weight": 0, "frs_weight": 0.1, "levels": [0, 2]}, "big", ["big"]) is None
 
 
 def test_a_level_beyond_the_fpn_is_refused_naming_levels(student, teachers):

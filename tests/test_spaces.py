@@ -118,8 +118,9 @@ def test_joint_choice_only_offers_valid_pairs(tmp_path, values):
 
 @pytest.mark.parametrize("name", ["icd", "frs", "crosskd", "mtpd_order", "demo", "policy", "policy_coco", "pareto"])
 def test_shipped_spaces_parse(name):
+    from conftest import method_problem
+
     from raykd.config.yamlio import load_yaml_mapping
-    from raykd.distill.base import check_method
     from raykd.spaces.schema import SearchSpace
 
     path = TESTS.parent / "search_spaces" / f"{name}.yaml"
@@ -131,7 +132,7 @@ def test_shipped_spaces_parse(name):
     space = space.model_copy(update={"loaded_experiment": SimpleNamespace(teacher_names=pool)})
     drawn = set()
     for _, method in sample(space, 25):
-        assert check_method(method.name, method.params, method.teacher, pool) is None, method
+        assert method_problem(method.name, method.params, method.teacher, pool) is None, method
         drawn.add(method.name)
     assert drawn == set(space.methods)
 

@@ -22,7 +22,7 @@ from torch import nn
 from raykd.common.errors import ConfigError
 from raykd.config.experiment import Experiment, Resources, Schedule
 from raykd.config.run import DataSubset
-from raykd.data.loaders import build_datasets, build_loader
+from raykd.data.loaders import build_datasets, build_loader, iters_per_epoch
 from raykd.data.subsets import subset_size
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.train.stages import stage_iters
@@ -171,8 +171,9 @@ def _compute(exp: Experiment, resources: Resources, plan: SearchPlan, n_train: i
         return iters * kd_step * workers / 3600
 
     seen = subset_size(n_train, plan.subset.train_fraction) if plan.subset else n_train
-    trial_iters = stage_iters(plan.schedule, max(seen // exp.optim.batch_size, 1))[0]
-    full_iters = stage_iters(exp.schedules.full, max(n_train // exp.optim.batch_size, 1))[0]
+    batch = exp.optim.batch_size
+    trial_iters = stage_iters(plan.schedule, iters_per_epoch(seen, batch, resources.workers))[0]
+    full_iters = stage_iters(exp.schedules.full, iters_per_epoch(n_train, batch, resources.workers))[0]
     part = [f"{seen} of {n_train} train images"] if seen < n_train else []
     trials = plan.trials or 1
     search = (f"search: {trials} trials × {trial_iters} iterations" if plan.trials

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,8 @@ class Strict(BaseModel):
 class ShapesData(Strict):
     """The embedded synthetic COCO-format dataset (see raykd.data.shapes)."""
 
+    # Which fields are paths, relative to the experiment file (``resolve_paths``): none, it is generated.
+    path_keys: ClassVar[tuple[str, ...]] = ()
     kind: Literal["shapes"] = "shapes"
     num_train: PositiveInt = 800
     num_val: PositiveInt = 200
@@ -52,6 +54,7 @@ class CocoData(Strict):
     ``scale`` of those pipelines' ``Resize`` steps.
     """
 
+    path_keys: ClassVar[tuple[str, ...]] = ("train_ann", "train_images", "val_ann", "val_images")
     kind: Literal["coco"]
     train_ann: Path
     train_images: Path
@@ -69,7 +72,8 @@ class CocoData(Strict):
         return self
 
 
-COCO_PATH_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+# Each dataset kind's schema by its `kind:` tag; its behaviour is its DataSource (raykd.data.kinds).
+DATASET_KINDS: dict[str, type[Strict]] = {"shapes": ShapesData, "coco": CocoData}
 DatasetSpec = Annotated[ShapesData | CocoData, Field(discriminator="kind")]
 
 
@@ -169,7 +173,7 @@ class Resources(Strict):
     # Mixed precision on CUDA (ignored on CPU): fp16 (with a GradScaler) or bf16 (needs none).
     amp: Literal[False, "fp16", "bf16"] = False
     # DataLoader worker processes per training worker; default: 0 for the shapes set (worker
-    # processes would change its random streams), min(4, cpus_per_worker) for COCO (raykd.data.pipelines).
+    # processes would change its random streams), min(4, cpus_per_worker) for COCO (DataSource.default_data_workers).
     data_workers: Annotated[int, Field(ge=0, le=64)] | None = None
 
     @field_validator("amp", mode="before")
@@ -241,8 +245,9 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     data = dict(data)
     ds = data.get("dataset")
-    if isinstance(ds, dict) and ds.get("kind") == "coco":
-        data["dataset"] = {k: fix(v) if k in COCO_PATH_KEYS else v for k, v in ds.items()}
+    if isinstance(ds, dict) and ds.get("kind") in DATASET_KINDS:
+        path_keys = DATASET_KINDS[ds["kind"]].path_keys
+        data["dataset"] = {k: fix(v) if k in path_keys else v for k, v in ds.items()}
     if "student" in data:
         data["student"] = fix_model(data["student"])
     if isinstance(data.get("teachers"), dict):

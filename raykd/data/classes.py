@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from raykd.common.errors import ConfigError
-from raykd.data.shapes import CLASSES
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -140,9 +139,3 @@ def file_class_map(ann_file: str | Path, classes: Sequence[str] | None = None, s
     names = label_order(annotation_categories(ann_file, source, key), classes, source, key)
     return split_map(ann_file, names, source, key)
 
-
-def shapes_class_map(classes: Sequence[str] | None, source: str) -> ClassMap:
-    """The embedded set's classes without generating it (its files list ids 1..4 in this order)."""
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
-    names = label_order(cats, classes, source, "classes")
-    return ClassMap(names, tuple(CLASSES.index(n) + 1 for n in names))

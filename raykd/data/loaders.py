@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,44 +10,19 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from raykd.config.experiment import CocoData, Experiment, ShapesData
-from raykd.data.classes import ClassMap, annotation_categories, file_class_map, shapes_class_map, split_map
-from raykd.data.pipelines import experiment_pipelines, shapes_pipeline
-from raykd.data.shapes import ensure_shapes
+from raykd.config.experiment import Experiment, Resources
+from raykd.data.classes import ClassMap, annotation_categories, file_class_map, split_map
+from raykd.data.kinds import data_source
+from raykd.data.shapes import shapes_pipeline
+from raykd.data.source import DataPaths, SplitPaths
 from raykd.data.subsets import TRAIN_STREAM, VAL_STREAM, keep_images, subset_size
 from raykd.eval.coco import silenced
 from raykd.models.builder import register_mmdet
 
-DEFAULT_IMAGE_SCALE = (1333, 800)  # mmdet's COCO scale; what a registered model resizes to without one
 
-
-@dataclass(frozen=True)
-class SplitPaths:
-    ann_file: Path
-    img_dir: Path
-
-
-@dataclass(frozen=True)
-class DataPaths:
-    train: SplitPaths
-    val: SplitPaths
-    image_scale: tuple[int, int]
-
-
-def resolve_data(ds: ShapesData | CocoData) -> DataPaths:
-    """Paths of a dataset spec; the shapes set is generated (once, cached) on first use."""
-    if isinstance(ds, ShapesData):
-        root = ensure_shapes(ds)
-        return DataPaths(
-            train=SplitPaths(root / "annotations" / "instances_train.json", root / "train"),
-            val=SplitPaths(root / "annotations" / "instances_val.json", root / "val"),
-            image_scale=(ds.image_size, ds.image_size),
-        )
-    return DataPaths(
-        train=SplitPaths(Path(ds.train_ann), Path(ds.train_images)),
-        val=SplitPaths(Path(ds.val_ann), Path(ds.val_images)),
-        image_scale=tuple(ds.image_scale or DEFAULT_IMAGE_SCALE),
-    )
+def resolve_data(ds: Any) -> DataPaths:
+    """Paths of a dataset spec (``exp.dataset``); the shapes set is generated (once, cached) on first use."""
+    return data_source(ds).paths()
 
 
 def class_names(ann_file: Path) -> tuple[str, ...]:
@@ -56,9 +32,22 @@ def class_names(ann_file: Path) -> tuple[str, ...]:
 
 def experiment_classes(exp: Experiment) -> tuple[str, ...]:
     """The experiment's label order, read without generating the shapes set."""
-    if isinstance(exp.dataset, ShapesData):
-        return shapes_class_map(exp.classes, exp.source).names
-    return file_class_map(exp.dataset.train_ann, exp.classes, exp.source, "dataset.train_ann").names
+    return data_source(exp.dataset).classes(exp)
+
+
+def iters_per_epoch(train_images: int, batch_size: int, workers: int) -> int:
+    """Iterations of one epoch of ``build_loader``'s train loader, known before it is built: each of
+    the ``workers`` shards holds ``train_images // workers`` images (the sampler drops the rest) in
+    batches of ``batch_size // workers``, the last one possibly short. At least 1."""
+    world = max(workers, 1)
+    return max(math.ceil(train_images // world / (batch_size // world)), 1)
+
+
+def data_workers(exp: Experiment, resources: Resources) -> int:
+    """DataLoader processes per training worker: as given, else the dataset kind's default."""
+    if resources.data_workers is not None:
+        return resources.data_workers
+    return data_source(exp.dataset).default_data_workers(resources.cpus_per_worker)
 
 
 def dataset_class_maps(exp: Experiment, paths: DataPaths) -> tuple[ClassMap, ClassMap]:
@@ -139,9 +128,10 @@ class Datasets:
 def build_datasets(exp: Experiment, subset=None) -> Datasets:
     """The experiment's datasets through its pipelines; ``subset`` (a ``DataSubset``) keeps a seeded
     fraction of the train images and a seeded number of val images."""
-    paths = resolve_data(exp.dataset)
+    source = data_source(exp.dataset)
+    paths = source.paths()
     train_map, val_map = dataset_class_maps(exp, paths)
-    train_pipe, test_pipe = experiment_pipelines(exp) if isinstance(exp.dataset, CocoData) else (None, None)
+    train_pipe, test_pipe = source.pipelines(exp)
     train = build_dataset(paths.train, paths.image_scale, True, train_map, train_pipe)
     val = build_dataset(paths.val, paths.image_scale, False, val_map, test_pipe)
     if subset is not None and subset.train_fraction < 1:

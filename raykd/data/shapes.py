@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from raykd.common.cache import build_once, cache_root
-from raykd.config.experiment import ShapesData, spec_hash
+from raykd.config.experiment import Experiment, ShapesData, spec_hash
+from raykd.data.classes import ClassMap, label_order
+from raykd.data.source import DataPaths, DataSource, Pipeline, SplitPaths
 
 CLASSES = ("circle", "square", "triangle", "cross")
 MIN_VISIBLE = 0.5  # an object less visible than this is dropped from the annotations
 MAX_OVERLAP = 0.25  # occlusion, but not piles: a new object may cover at most this much of another's box
 GENERATOR_VERSION = 2  # bump when the drawing changes, so caches are rebuilt
+# The pack step of the set's pipeline; it names exactly the metadata evaluation and flipping read.
+META_KEYS = ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor", "flip", "flip_direction")
 
 
 def _shape_polygon(cls: str, cx: float, cy: float, size: float, angle: float) -> list[tuple[float, float]]:
@@ -165,3 +171,61 @@ def ensure_shapes(spec: ShapesData) -> Path:
         _write_split(tmp, "val", spec.num_val, spec, seed=spec.seed * 2 + 1)
 
     return build_once(shapes_dir(spec), build)
+
+
+def shapes_pipeline(image_scale: tuple[int, int], train: bool) -> list[dict[str, Any]]:
+    """The set's fixed pipeline (the demo's numbers were measured with it)."""
+    pipeline = [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True),
+        dict(type="Resize", scale=image_scale, keep_ratio=True),
+    ]
+    if train:
+        pipeline.append(dict(type="RandomFlip", prob=0.5))
+    pipeline.append(dict(type="PackDetInputs", meta_keys=META_KEYS))
+    return pipeline
+
+
+def shapes_class_map(classes: Sequence[str] | None, source: str) -> ClassMap:
+    """The set's classes without generating it (its files list ids 1..4 in this order)."""
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
+    names = label_order(cats, classes, source, "classes")
+    return ClassMap(names, tuple(CLASSES.index(n) + 1 for n in names))
+
+
+class ShapesSource(DataSource):
+    """The ``kind: shapes`` dataset: generated on first use, so everything but its files is known
+    from the spec alone."""
+
+    spec: ShapesData
+
+    @property
+    def image_scale(self) -> tuple[int, int]:
+        return self.spec.image_size, self.spec.image_size
+
+    def known_train_images(self) -> int | None:
+        return self.spec.num_train
+
+    def paths(self) -> DataPaths:
+        root = ensure_shapes(self.spec)
+        return DataPaths(train=SplitPaths(root / "annotations" / "instances_train.json", root / "train"),
+                         val=SplitPaths(root / "annotations" / "instances_val.json", root / "val"),
+                         image_scale=self.image_scale)
+
+    def classes(self, exp: Experiment) -> tuple[str, ...]:
+        return shapes_class_map(exp.classes, exp.source).names
+
+    def pipelines(self, exp: Experiment) -> tuple[Pipeline, Pipeline]:
+        return shapes_pipeline(self.image_scale, True), shapes_pipeline(self.image_scale, False)
+
+    def check(self, exp: Experiment) -> None:
+        pass  # nothing beyond the schema: the set is generated from it
+
+    def default_data_workers(self, cpus_per_worker: float) -> int:
+        # Worker processes draw their seeds from the main random stream: the demo's numbers would move.
+        return 0
+
+    def label_order_keys_teachers(self, exp: Experiment) -> bool:
+        # The set's categories are fixed by its generator: in their own order, the teachers cached
+        # before the label order was part of the key stay valid.
+        return exp.classes is not None

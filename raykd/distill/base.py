@@ -70,6 +70,15 @@ class Stage:
 _METHODS: dict[str, type[Method]] = {}
 
 
+class InvalidMethod(ValueError):
+    """A method set-up that cannot run: ``key`` inside the method's spec (``method``, ``teacher``,
+    ``params.<name>``) and why. ``raykd.load.validate_method`` names the file and the spec's key."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
 class Method(ABC):
     """What every registered method answers before any model exists: its parameters, their checks,
     and the stages a run of it trains (``plan``)."""
@@ -95,9 +104,10 @@ class Method(ABC):
             _METHODS[name] = cls
 
     @classmethod
-    def check(cls, params: MethodParams, teacher_pool: list[str]) -> str | tuple[str, str] | None:
-        """Cross-field checks a pydantic model cannot express alone (e.g. names in the teacher pool)."""
-        return None
+    def check(cls, params: MethodParams, teacher_pool: list[str]) -> None:
+        """Cross-field checks a pydantic model cannot express alone (e.g. names in the teacher pool);
+        raises ``InvalidMethod`` naming the parameter."""
+        return  # most methods have none
 
     @classmethod
     def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:
@@ -197,23 +207,22 @@ def _import_builtin_methods() -> None:
     import raykd.distill.methods  # noqa: F401  (registers the built-in methods)
 
 
-def check_method(name: str, params: dict[str, Any], teacher: str | None, pool: list[str]) -> tuple[str, str] | None:
-    """Why a method set-up is invalid, as (key, message), or None if it is fine.
+def check_method(name: str, params: dict[str, Any], teacher: str | None, pool: list[str]) -> None:
+    """Raise ``InvalidMethod`` if this method set-up cannot run.
 
     Runs before any work starts, so a bad value fails in a second instead of on a worker.
     """
     try:
         cls = get_method(name)
     except KeyError as err:
-        return "method", str(err.args[0])
+        raise InvalidMethod("method", str(err.args[0])) from None
     try:
         parsed = cls.Params(**params)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "params"
         msg = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        return f"params.{key}", f"{msg} (method {name!r})"
+        raise InvalidMethod(f"params.{key}", f"{msg} (method {name!r})") from None
     if cls.uses_teacher and teacher is not None and teacher not in pool:
-        return "teacher", f"unknown teacher {teacher!r} (expected one of {', '.join(pool)})"
-    problem = cls.check(parsed, pool)
-    return ("params", problem) if isinstance(problem, str) else problem
+        raise InvalidMethod("teacher", f"unknown teacher {teacher!r} (expected one of {', '.join(pool)})")
+    cls.check(parsed, pool)

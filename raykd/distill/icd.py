@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams, StageStart
+from raykd.distill.base import Distiller, InvalidMethod, KDStep, MethodParams, StageStart
 from raykd.distill.init_from_teacher import init_from_teacher
 from raykd.distill.necks import is_two_stage, paired_necks
 
@@ -231,18 +231,15 @@ class Decoded:
 
 class ICD(Distiller, name="icd", params=ICDParams):
     @classmethod
-    def check(cls, params: ICDParams, teacher_pool: list[str]):
+    def check(cls, params: ICDParams, teacher_pool: list[str]) -> None:
         if params.hidden_dim % params.num_heads:
-            return "params.num_heads", f"num_heads {params.num_heads} must divide hidden_dim {params.hidden_dim}"
+            raise InvalidMethod("params.num_heads", f"num_heads {params.num_heads} must divide hidden_dim {params.hidden_dim}")
         if params.hidden_dim % 2:
-            return "params.hidden_dim", f"hidden_dim {params.hidden_dim} must be even (sine positions: half per axis)"
-        return None
+            raise InvalidMethod("params.hidden_dim", f"hidden_dim {params.hidden_dim} must be even (sine positions: half per axis)")
 
     def __init__(self, student, teachers, params: ICDParams, teacher):
         super().__init__(student, teachers, params, teacher)
-        problem = self.check(params, [])
-        if problem:
-            raise ValueError(problem[1])
+        self.check(params, [])  # built without a loaded experiment too (tests, benchmarks)
         s_ch, t_ch, _ = paired_necks(student, self.teacher, teacher)
         two_stage = is_two_stage(student)
         self.lambda_ = params.lambda_ if params.lambda_ is not None else (3.0 if two_stage else 8.0)

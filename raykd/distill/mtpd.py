@@ -26,6 +26,7 @@ from raykd.config.experiment import Schedule
 from raykd.config.run import MethodSpec
 from raykd.distill.base import (
     Composite,
+    InvalidMethod,
     MethodParams,
     Stage,
     check_method,
@@ -60,27 +61,27 @@ class MTPD(Composite, name=NAME, params=MTPDParams):
     draws_from_pool = True  # an order may name any pool member
 
     @classmethod
-    def check(cls, p: MTPDParams, pool: list[str]) -> tuple[str, str] | None:
+    def check(cls, p: MTPDParams, pool: list[str]) -> None:
         for name in p.order:
             if name not in pool:
-                return "params.order", f"unknown teacher {name!r} in order (expected names from {', '.join(pool)})"
+                raise InvalidMethod("params.order", f"unknown teacher {name!r} in order (expected names from {', '.join(pool)})")
         if len(set(p.order)) != len(p.order):
-            return "params.order", f"teacher repeated in order {p.order}"
+            raise InvalidMethod("params.order", f"teacher repeated in order {p.order}")
         if p.base == cls.name:
-            return "params.base", "mtpd cannot be its own base method"
+            raise InvalidMethod("params.base", "mtpd cannot be its own base method")
         bases = [m for m in method_names() if not issubclass(get_method(m), Composite)]
         if p.base not in bases:
-            return "params.base", f"unknown base method {p.base!r} (expected one of {', '.join(bases)})"
+            raise InvalidMethod("params.base", f"unknown base method {p.base!r} (expected one of {', '.join(bases)})")
         if p.stage_epochs is not None and len(p.stage_epochs) != len(p.order):
-            return "params.stage_epochs", f"expected {len(p.order)} entries, one per stage (got {len(p.stage_epochs)})"
+            raise InvalidMethod("params.stage_epochs",
+                                f"expected {len(p.order)} entries, one per stage (got {len(p.stage_epochs)})")
         if p.stage_epochs is not None and "stage_schedule" in p.model_fields_set:
-            return "params.stage_schedule", "give stage_schedule or stage_epochs, not both"
-        problem = check_method(p.base, p.base_params, None, pool)
-        if problem:  # the base method's key ("params.lambda") names a key of base_params here
-            key, message = problem
-            inner = key.removeprefix("params").lstrip(".")
-            return ("params.base_params." + inner).rstrip("."), message
-        return None
+            raise InvalidMethod("params.stage_schedule", "give stage_schedule or stage_epochs, not both")
+        try:
+            check_method(p.base, p.base_params, None, pool)
+        except InvalidMethod as err:  # the base method's key ("params.lambda") names a key of base_params here
+            inner = err.key.removeprefix("params").lstrip(".")
+            raise InvalidMethod(("params.base_params." + inner).rstrip("."), err.message) from None
 
     @classmethod
     def plan(cls, method, schedule, teacher_pool: list[str]) -> list[Stage]:

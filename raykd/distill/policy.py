@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from raykd.distill.base import Distiller, KDStep, MethodParams
+from raykd.distill.base import Distiller, InvalidMethod, KDStep, MethodParams
 from raykd.distill.crosskd import CrossKD, CrossKDParams
 from raykd.distill.frs import frs_heads, richness_cls_loss
 from raykd.distill.necks import paired_necks
@@ -67,10 +67,9 @@ def selected_levels(levels: Literal["all"] | list[int], count: int) -> list[int]
 
 class Policy(Distiller, name="policy", params=PolicyParams):
     @classmethod
-    def check(cls, params: PolicyParams, teacher_pool: list[str]):
+    def check(cls, params: PolicyParams, teacher_pool: list[str]) -> None:
         if params.feat_weight == params.frs_weight == params.crosskd_weight == 0:
-            return "params.feat_weight", "every term of the policy has weight 0 (use method 'none' for no distillation)"
-        return None
+            raise InvalidMethod("params.feat_weight", "every term of the policy has weight 0 (use method 'none' for no distillation)")
 
     def __init__(self, student, teachers, params: PolicyParams, teacher):
         super().__init__(student, teachers, params, teacher)

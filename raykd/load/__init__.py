@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from raykd.common.errors import ConfigError
-from raykd.config.experiment import COCO_PATH_KEYS, CocoData, Experiment, parse_experiment, resolve_paths
+from raykd.config.experiment import Experiment, parse_experiment, resolve_paths
 from raykd.config.run import MethodSpec
 from raykd.config.yamlio import deep_merge, load_yaml_mapping
-from raykd.data.pipelines import experiment_pipelines
-from raykd.distill.base import check_method
+from raykd.data.kinds import data_source
+from raykd.distill.base import InvalidMethod, check_method
 from raykd.models.builder import check_config_exists
 from raykd.train.teachers import check_classes_and_checkpoints
 
@@ -35,8 +35,7 @@ def check_experiment(exp: Experiment) -> None:
     for name, t in exp.teachers.items():
         check_config_exists(t.config, exp.source, f"teachers.{name}.config")
     _check_present(exp)
-    if isinstance(exp.dataset, CocoData):
-        experiment_pipelines(exp)  # an unknown transform fails here, not in the first worker
+    data_source(exp.dataset).check(exp)
     check_classes_and_checkpoints(exp)
 
 
@@ -44,8 +43,7 @@ def _check_present(exp: Experiment) -> None:
     """Every missing input file at once, in one line: supplying COCO and a checkpoint is one step,
     not one failed start per file."""
     wanted = {f"teachers.{name}.checkpoint": t.checkpoint for name, t in exp.teachers.items() if t.checkpoint}
-    if isinstance(exp.dataset, CocoData):
-        wanted.update({f"dataset.{key}": getattr(exp.dataset, key) for key in COCO_PATH_KEYS})
+    wanted.update(data_source(exp.dataset).given_files())
     missing = [(key, path) for key, path in wanted.items() if not Path(path).expanduser().exists()]
     if missing:
         (key, path), rest = missing[0], missing[1:]
@@ -55,7 +53,7 @@ def _check_present(exp: Experiment) -> None:
 
 def validate_method(method: MethodSpec, exp: Experiment, source: str, prefix: str = "method") -> None:
     """Reject an unknown method, bad parameters or an unknown teacher before any work starts."""
-    problem = check_method(method.name, method.params, method.teacher, exp.teacher_names)
-    if problem:
-        key, msg = problem
-        raise ConfigError(source, f"{prefix}.{key}" if key != "method" else prefix, msg)
+    try:
+        check_method(method.name, method.params, method.teacher, exp.teacher_names)
+    except InvalidMethod as err:
+        raise ConfigError(source, f"{prefix}.{err.key}" if err.key != "method" else prefix, err.message) from None

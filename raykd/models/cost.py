@@ -1,7 +1,7 @@
 """What a student costs to run: parameters, GFLOPs and latency on one fixed input.
 
 Every number is taken on the detector's network forward (backbone, neck, heads; mmdet's ``tensor``
-mode, no box decoding or NMS) for one image of the experiment's size (``probe_shape``), so students
+mode, no box decoding or NMS) for one image of the dataset's size (``probe_shape``), so students
 of one search compare on the same input whatever images the data holds.
 
 - ``student_params``: trainable and frozen parameters, in millions;
@@ -21,20 +21,16 @@ import warnings
 import torch
 from torch import nn
 
-from raykd.config.experiment import Experiment, ShapesData
-
 STUDENT_METRICS = ("student_params", "student_gflops", "student_latency_ms")
 PAD_DIVISOR = 32  # mmdet's data preprocessors pad FPN detectors' inputs to a multiple of this
-COCO_PROBE_SCALE = (1333, 800)  # (W, H): mmdet's COCO test scale, used when the experiment gives none
 WARMUP_FORWARDS = 3
 TIMED_FORWARDS = 10
 
 
-def probe_shape(exp: Experiment) -> tuple[int, int]:
-    """(H, W) of the fixed input: the shapes set's square images, else ``dataset.image_scale`` (or
-    mmdet's 1333×800), padded as the data preprocessor pads them."""
-    ds = exp.dataset
-    w, h = (ds.image_size, ds.image_size) if isinstance(ds, ShapesData) else (ds.image_scale or COCO_PROBE_SCALE)
+def probe_shape(image_scale: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the fixed input: the dataset's (W, H) ``image_scale`` (``DataSource.image_scale``),
+    padded as the data preprocessor pads it."""
+    w, h = image_scale
     return _padded(h), _padded(w)
 
 
@@ -81,12 +77,12 @@ def student_cost(model: nn.Module, shape: tuple[int, int]) -> dict[str, float]:
     return cost
 
 
-def run_cost(model: nn.Module, exp: Experiment) -> dict[str, float]:
-    """``student_cost`` at the experiment's probe shape, or nothing (with a warning) for a student
+def run_cost(model: nn.Module, image_scale: tuple[int, int]) -> dict[str, float]:
+    """``student_cost`` at the dataset's probe shape, or nothing (with a warning) for a student
     that cannot run one image alone, e.g. GroupNorm of one channel per group over a 1×1 top FPN
     level: it still trains on batches, so its run goes on without the cost metrics."""
     try:
-        return student_cost(model, probe_shape(exp))
+        return student_cost(model, probe_shape(image_scale))
     except (RuntimeError, ValueError) as err:  # torch's shape checks raise either
         warnings.warn(f"student cost not measured: {str(err).strip().splitlines()[0][:200]}", stacklevel=2)
         return {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raykd.config.experiment import Schedule, ShapesData
+from raykd.config.experiment import Schedule
+from raykd.data.kinds import data_source
+from raykd.data.loaders import iters_per_epoch
 from raykd.data.subsets import subset_size
 from raykd.spaces.schema import SearchSpace
 
@@ -49,11 +51,11 @@ def search_fidelity(space: SearchSpace) -> SearchFidelity:
         return SearchFidelity(trial.epochs, full.epochs, "epochs", fraction, full)
     if trial.iters and full.iters:
         return SearchFidelity(trial.iters, full.iters, "iterations", fraction, full)
-    # Mixed units: compare iterations, which needs the number of train images (known for shapes only).
-    images = space.exp.dataset.num_train if isinstance(space.exp.dataset, ShapesData) else None
-    batch = space.exp.optim.batch_size
+    # Mixed units: compare iterations, which needs the number of train images before reading a file.
+    images = data_source(space.exp.dataset).known_train_images()
     if images is None:
         return SearchFidelity(trial.epochs or trial.iters, None, "epochs" if trial.epochs else "iterations", fraction, full)
-    trial_iters = trial.iters or trial.epochs * max(subset_size(images, fraction) // batch, 1)
-    full_iters = full.iters or full.epochs * max(images // batch, 1)
+    batch, workers = space.exp.optim.batch_size, space.run_resources.workers
+    trial_iters = trial.iters or trial.epochs * iters_per_epoch(subset_size(images, fraction), batch, workers)
+    full_iters = full.iters or full.epochs * iters_per_epoch(images, batch, workers)
     return SearchFidelity(trial_iters, full_iters, "iterations", fraction, full)

@@ -32,7 +32,8 @@ from ray.tune.utils.util import _load_newest_checkpoint
 from raykd.common.errors import ConfigError
 from raykd.common.files import write_json_atomic, write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
-from raykd.data.shapes import ShapesData
+from raykd.data.kinds import data_source
+from raykd.data.loaders import iters_per_epoch
 from raykd.data.subsets import subset_size
 from raykd.distill.base import get_method
 from raykd.search.algorithms import make_searcher
@@ -106,13 +107,12 @@ def full_epochs(space: SearchSpace) -> int:
     sched = space.schedule
     if sched.epochs is not None:
         return sched.epochs
-    ds = space.exp.dataset
-    n = ds.num_train if isinstance(ds, ShapesData) else None
+    n = data_source(space.exp.dataset).known_train_images()
     if n is None:
         raise ConfigError(space.source, "fidelity", "give the search fidelity in epochs for a COCO dataset")
     if space.subset is not None:
         n = subset_size(n, space.subset.train_fraction)
-    return stage_iters(sched, max(n // space.exp.optim.batch_size, 1))[1]
+    return stage_iters(sched, iters_per_epoch(n, space.exp.optim.batch_size, space.run_resources.workers))[1]
 
 
 def teachers_needed(space: SearchSpace) -> list[str]:

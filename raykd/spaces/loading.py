@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from raykd.common.errors import ConfigError, from_validation_error
 from raykd.config.experiment import Experiment
 from raykd.config.yamlio import load_yaml_mapping
+from raykd.data.kinds import data_source
 from raykd.distill.base import get_method, method_names
 from raykd.eval.coco import METRIC_NAMES
 from raykd.load import load_experiment, validate_method
@@ -196,7 +197,7 @@ def _check_student_runs(exp: Experiment, source: str, key: str) -> None:
     """One forward at the size the cost metrics use: a smaller image could fail where training does
     not (GroupNorm over a 1×1 top FPN level)."""
     model = build_detector(exp.student.config, exp.student.overrides, source, key).eval()
-    shape = probe_shape(exp)
+    shape = probe_shape(data_source(exp.dataset).image_scale)
     try:
         with torch.no_grad():
             TensorForward(model, shape)(probe_input(model, shape))

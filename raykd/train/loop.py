@@ -25,8 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raykd.common.errors import Diverged
 from raykd.config.run import RunSpec
-from raykd.data.loaders import build_datasets, build_loader
-from raykd.data.pipelines import data_workers
+from raykd.data.loaders import build_datasets, build_loader, data_workers
 from raykd.distill.base import StageStart, get_distiller
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
@@ -101,7 +100,7 @@ class Worker:
         self.student.to(self.device)
         # What the student costs to run (params, GFLOPs, latency: objectives a search may use), once per
         # run, in every report: rank 0's reports are the run's. It draws no random numbers.
-        self.student_cost = run_cost(self.student, self.exp) if self.rank == 0 else {}
+        self.student_cost = run_cost(self.student, data.paths.image_scale) if self.rank == 0 else {}
         self.stages = plan_stages(spec)
         self.stage_uris = [f"{stages_dir}/{stage_name(i, s.method.teacher)}" if stages_dir else None
                            for i, s in enumerate(self.stages)]

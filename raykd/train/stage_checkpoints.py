@@ -26,7 +26,7 @@ from pyarrow import fs
 
 from raykd.config.experiment import spec_hash
 from raykd.config.run import RunSpec
-from raykd.data.pipelines import data_workers
+from raykd.data.loaders import data_workers
 from raykd.train.layout import STUDENT_FILE
 
 HISTORY_FILE = "history.json"  # a cached prefix's per-epoch metrics, reported again on reuse

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from raykd.common.cache import cache_root
 from raykd.common.errors import ConfigError
-from raykd.config.experiment import Experiment, ShapesData, spec_hash
-from raykd.data.classes import split_map
+from raykd.config.experiment import Experiment, spec_hash
+from raykd.data.kinds import data_source
 from raykd.data.loaders import experiment_classes
 from raykd.models.builder import check_model_cfg
 from raykd.models.checkpoints import (
@@ -35,8 +35,8 @@ def _label_order_part(exp: Experiment) -> tuple:
     """A cached teacher's labels mean the classes in the order it was trained with, and a raw state
     dict does not record them: the order is part of its key, so an annotation file whose categories
     change (or a new ``classes:``) trains a new teacher instead of reusing one whose labels now mean
-    other classes. Left out for the shapes set in its own order, whose cached teachers stay valid."""
-    if isinstance(exp.dataset, ShapesData) and exp.classes is None:
+    other classes. Left out where the dataset kind says so (the shapes set in its own order)."""
+    if not data_source(exp.dataset).label_order_keys_teachers(exp):
         return ()
     return (list(experiment_classes(exp)),)
 
@@ -57,11 +57,9 @@ def missing_teachers(exp: Experiment, names: list[str]) -> list[str]:
 
 
 def check_classes_and_checkpoints(exp: Experiment) -> None:
-    """Before any work: the annotation files are COCO, every head has the dataset's class count, and
-    every given teacher checkpoint loads safely and means the dataset's classes (or can be remapped)."""
+    """Before any work: every head has the dataset's class count, and every given teacher checkpoint
+    loads safely and means the dataset's classes (or can be remapped)."""
     classes = experiment_classes(exp)
-    if not isinstance(exp.dataset, ShapesData):
-        split_map(exp.dataset.val_ann, classes, exp.source, "dataset.val_ann")
     check_model_cfg(exp.student.config, exp.student.overrides, classes, exp.source, "student")
     for name, t in exp.teachers.items():
         check_model_cfg(t.config, t.overrides, classes, exp.source, f"teachers.{name}")
