@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -193,3 +196,27 @@ def ray_cluster():
     yield
     os.environ.pop("RAY_ADDRESS", None)
     ray.shutdown()
+
+
+def wait_for(predicate, timeout: float, every: float = 1.0) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def sigterm_search_when(cmd: list[str], ready, what: str, timeout: float = 400) -> str:
+    """Run the search command ``cmd`` (it joins the test session's Ray cluster: see ``ray_cluster``),
+    SIGTERM it once ``ready()`` holds, and return what it printed; fail unless it stopped as an
+    interrupted search (exit 130, the resume hint)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    if not wait_for(ready, timeout):
+        proc.kill()
+        pytest.fail(f"{what} never happened; the search printed:\n{proc.communicate()[0][-3000:]}")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out[-3000:]
+    assert "--resume" in out
+    return out

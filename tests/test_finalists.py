@@ -4,14 +4,12 @@ on the MLflow parent run, and a search stopped in the middle of its finalists re
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
-from conftest import TESTS
+from conftest import TESTS, sigterm_search_when
 from faults import RecordLr
 from mlflow.tracking import MlflowClient
 
@@ -92,30 +90,15 @@ def test_finalists_give_the_verdict_with_paired_figures(full_rungs_search):
     assert best.method.model_dump(exclude_none=True) == winner["method"]
 
 
-def wait_for(predicate, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(1)
-    return False
-
-
 def test_a_search_stopped_in_its_finalists_resumes_them(tmp_path, ray_cluster):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "raykd.tune", str(RESUME_SPACE), "--results-dir", str(results), "--tracking-uri", uri]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
 
     def a_finalist_checkpointed():
         return any((results / "finalists" / "train").glob("validate-*/checkpoint_*"))
 
-    if not wait_for(a_finalist_checkpointed, 400):
-        proc.kill()
-        pytest.fail(f"no finalist run saved a checkpoint; the search printed:\n{proc.communicate()[0][-3000:]}")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out[-3000:]
+    sigterm_search_when(cmd, a_finalist_checkpointed, "a finalist run's checkpoint")
     state = json.loads((results / "search.json").read_text())
     assert state["status"] == "interrupted" and "finalists_run_id" in state
     _, (validation,) = runs(uri, "validation")

@@ -1,14 +1,12 @@
 """Faults during a search lose nothing: a diverging trial, a lost worker, a killed driver."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
-from conftest import TESTS
+from conftest import TESTS, sigterm_search_when
 from faults import CrashOnce, NanLossOnce
 from mlflow.tracking import MlflowClient
 
@@ -62,21 +60,11 @@ def test_lost_worker_resumes_from_checkpoint_with_continuous_metrics(faulty_sear
             assert steps == [1, 2]
 
 
-def wait_for(predicate, timeout):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(2)
-    return False
-
-
 def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path, ray_cluster):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "raykd.tune", str(FAULTS_SPACE), "--results-dir", str(results), "--tracking-uri", uri]
     env = dict(os.environ)  # joins the test session's Ray cluster (see conftest.ray_cluster)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def one_finished():
         # search.json is written after the search created and migrated its MLflow store: a client
@@ -88,13 +76,7 @@ def test_sigterm_then_resume_finishes_every_trial_exactly_once(tmp_path, ray_clu
         except Exception:
             return False
 
-    if not wait_for(one_finished, 400):
-        proc.kill()
-        pytest.fail(f"no trial finished; the search printed:\n{proc.communicate()[0][-3000:]}")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out[-3000:]
-    assert "--resume" in out
+    sigterm_search_when(cmd, one_finished, "a finished trial", timeout=400)
     _, runs = children(uri)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
 
