@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from raykd.common.errors import ConfigError, Diverged, exits_cleanly
-from raykd.common.files import write_json_atomic
 from raykd.final.resolve import (
     Promotion,
     build_spec,
@@ -178,12 +177,10 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
     table = promo.results_dir / VALIDATION_FILE if promo.results_dir and args.out is None else out / VALIDATION_FILE
     run_id = start_validation_run(tracker, cands, specs, seeds, out, promo.parent_run_id, f"validation {out.parent.name}")
     try:
-        summary = run_validation(cands, specs, seeds, metric, mode, out, tracker, run_id, register)
+        summary = run_validation(cands, specs, seeds, metric, mode, out, table, tracker, run_id, register)
     except KeyboardInterrupt:
         print(f"\nvalidation stopped; its runs so far are in {out}", file=sys.stderr)
         raise SystemExit(130) from None
-    write_json_atomic(table, summary)
-    tracker.log_file(run_id, table)
     print("\n" + table_text(summary), flush=True)
     print(f"\nvalidation written to {table}", flush=True)
     if summary["winner"] is None:

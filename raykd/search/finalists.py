@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import TrialConfig
 from raykd.search.validation import Candidate, candidates, run_key
@@ -76,10 +77,10 @@ def run_finalists(space: SearchSpace, rows: list[dict[str, Any]], variants: dict
     print(f"[raykd] finalists: {', '.join(c.label for c in cands)} at the full schedule on seeds "
           f"{', '.join(map(str, seeds))}: {len(specs) - len(reused)} runs"
           + (f" ({len(reused)} reused from the search)" if reused else ""), flush=True)
-    summary = run_validation(cands, specs, seeds, space.metric, space.mode, out, tracker, run_id,
-                             reused=reused, resume=resume, train_hooks=train_hooks)
-    summary["validation_run_id"] = run_id
-    summary["trained_runs"], summary["reused_runs"] = len(specs) - len(reused), len(reused)
+    summary = run_validation(cands, specs, seeds, space.metric, space.mode, out, results_dir / FINALISTS_FILE, tracker,
+                             run_id, reused=reused, resume=resume, train_hooks=train_hooks)
+    summary.update(validation_run_id=run_id, trained_runs=len(specs) - len(reused), reused_runs=len(reused))
+    write_json_atomic(results_dir / FINALISTS_FILE, summary)
     return summary, winner_trial(summary, cands)
 
 

@@ -30,7 +30,7 @@ from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _load_newest_checkpoint
 
 from raykd.common.errors import ConfigError
-from raykd.common.files import write_json_atomic, write_text_atomic
+from raykd.common.files import write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.kinds import data_source
 from raykd.data.loaders import iters_per_epoch
@@ -264,7 +264,6 @@ def _run_finalists(space: SearchSpace, rows, variants, epochs: int, outcome: Sea
         return
     results_dir, parent = outcome.results_dir, outcome.parent_run_id
     outcome.finalists = summary
-    write_json_atomic(results_dir / FINALISTS_FILE, summary)
     tracker.log_file(parent, results_dir / FINALISTS_FILE)
     tracker.log_metrics(parent, summary_metrics(summary, "finalists_"), 0)
     if summary["verdict"]:

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig
 from raykd.search.trainable import train_reporting_to_tune
@@ -86,10 +87,12 @@ def start_validation_run(tracker: Tracker, cands: list[Candidate], specs: dict[s
 
 
 def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: list[int], metric: str, mode: str,
-                   out: Path, tracker: Tracker, parent: str, register=None, reused: dict[str, ReusedRun] | None = None,
-                   resume: bool = False, train_hooks: list[TrainHook] | None = None) -> dict[str, Any]:
+                   out: Path, table: Path, tracker: Tracker, parent: str, register=None,
+                   reused: dict[str, ReusedRun] | None = None, resume: bool = False,
+                   train_hooks: list[TrainHook] | None = None) -> dict[str, Any]:
     """Train every (candidate, seed) of ``specs`` not in ``reused`` under ``out`` as Tune trials,
-    children of the MLflow run ``parent``; return the table (``summarize``), also on ``parent``.
+    children of the MLflow run ``parent``; return the table (``summarize``), written to ``table``
+    and logged on ``parent``.
     ``register`` (raykd.final) is called with the winner's run key, child run id, student file and
     metrics; ``resume`` continues the Tune session saved in ``out``. Ctrl-C/SIGTERM: the runs
     stop with their checkpoints and KeyboardInterrupt is raised (the run ends KILLED)."""
@@ -127,6 +130,8 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
             student = _copy_student(out / "train" / f"validate-{key}", out)
             summary["registered"] = register(key, logger.runs.get(r.metrics["trial_id"]), student,
                                              {k: float(v) for k, v in r.metrics.items() if k.startswith("bbox_")})
+        write_json_atomic(table, summary)
+        tracker.log_file(parent, table)
         _log_summary(tracker, parent, summary)
     return summary
 
