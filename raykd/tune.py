@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None):
     if args.check:
         from raykd.cli.check import SearchPlan, print_check
 
-        plan = SearchPlan(trials=space.search.num_samples, schedule=space.schedule, subset=space.subset)
+        f = space.search.finalists
+        plan = SearchPlan(trials=space.search.num_samples + len(space.default_methods), schedule=space.schedule,
+                          subset=space.subset, finalist_runs=(f.top_k + 1) * f.seeds if f else 0)
         return print_check(space.exp, space.run_resources, plan)
     from raykd.search.runner import run_search
 

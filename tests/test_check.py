@@ -131,10 +131,12 @@ def test_search_space_check_with_data_fidelity(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"experiment": str(TINY), "method": {"type": "choice", "values": ["none", "feature"]},
                                      "fidelity": {"epochs": 2, "train_fraction": 0.5, "val_images": 8},
-                                     "search": {"num_samples": 6}}))
+                                     "search": {"num_samples": 6, "finalists": {"top_k": 1, "seeds": 2}}}))
     proc = check([space], module="raykd.tune")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    # tiny: 32 train images, batch 4; half of them -> 4 iterations per epoch
-    assert "search: 6 trials × 8 iterations (2 epochs, 16 of 32 train images)" in proc.stdout
+    # tiny: 32 train images, batch 4; half of them -> 4 iterations per epoch; 6 sampled trials and
+    # feature's defaults; then the best trial and the defaults on 2 seeds at the full schedule
+    assert "search: 7 trials × 8 iterations (2 epochs, 16 of 32 train images)" in proc.stdout
+    assert "finalists: at most 4 full-schedule runs" in proc.stdout
     assert "teacher big" in proc.stdout and "not trained yet" in proc.stdout
     assert not (REPO / "runs").exists() or not any("search-space" in p.name for p in (REPO / "runs").iterdir())

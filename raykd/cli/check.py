@@ -38,6 +38,7 @@ class SearchPlan:
     trials: int | None
     schedule: Schedule
     subset: DataSubset | None = None
+    finalist_runs: int = 0  # full-schedule runs after the search, at most (search: {finalists})
 
 
 @contextlib.contextmanager
@@ -178,8 +179,11 @@ def _compute(exp: Experiment, resources: Resources, plan: SearchPlan, n_train: i
     trials = plan.trials or 1
     search = (f"search: {trials} trials × {trial_iters} iterations" if plan.trials
               else f"one search trial: {trial_iters} iterations")
+    finalists = ([f"          finalists: at most {plan.finalist_runs} full-schedule runs ≈ "
+                  f"{hours(plan.finalist_runs * full_iters):.3g} device-hours"] if plan.finalist_runs else [])
     return [
         f"compute   {search}{_detail(plan.schedule, part)} ≈ {hours(trials * trial_iters):.3g} device-hours",
+        *finalists,
         f"          final run: {full_iters} iterations{_detail(exp.schedules.full, [])} ≈ {hours(full_iters):.3g} device-hours",
         f"          device-hours on {device}: training steps only (student step + slowest teacher forward) "
         f"× {workers} worker(s); evaluation and the method's own modules not included",
