@@ -53,14 +53,13 @@ NARROW_HEAD = {"num_classes": 80, "in_channels": 32, "feat_channels": 32, "stack
 class Size:
     width: int
     height: int
-    train_images: int
+    train_images: int  # a search trial is one epoch: train_images / batch iterations
     batch: int
     warmup: int  # steps before timing (cuDNN autotuning, allocator growth)
     steps: int
     data_workers: int
     student: dict[str, Any]
     teacher: dict[str, Any]
-    trial_iters: int
     concurrent: int  # trials at once in the shared-device search
     runner_iters: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -70,15 +69,15 @@ FULL = Size(1333, 800, train_images=160, batch=4, warmup=5, steps=20, data_worke
             # Random weights from scratch: no ImageNet file is fetched (init_cfg None).
             student={"config": GFL, "overrides": {"backbone": {"init_cfg": None}}},
             teacher={"config": "mmdet::gfl/gfl_r101_fpn_ms-2x_coco.py", "overrides": {"backbone": {"init_cfg": None}}},
-            trial_iters=40, concurrent=4, runner_iters=30)
-TINY = Size(96, 64, train_images=16, batch=2, warmup=1, steps=2, data_workers=0,
+            concurrent=4, runner_iters=30)
+TINY = Size(96, 64, train_images=8, batch=2, warmup=1, steps=2, data_workers=0,
             student={"config": GFL, "overrides": {"backbone": {**NARROW, "base_channels": 8},
                                                   "neck": {"in_channels": [8, 16, 32, 64], "out_channels": 32},
                                                   "bbox_head": NARROW_HEAD}},
             teacher={"config": GFL, "overrides": {"backbone": {**NARROW, "base_channels": 16},
                                                   "neck": {"in_channels": [16, 32, 64, 128], "out_channels": 32},
                                                   "bbox_head": NARROW_HEAD}},
-            trial_iters=4, concurrent=2, runner_iters=6)
+            concurrent=2, runner_iters=6)
 
 
 def experiment_dict(size: Size, data: CocoSet, workers: int = 1, cpus: float = 1, gpus: float = 0,
@@ -91,11 +90,12 @@ def experiment_dict(size: Size, data: CocoSet, workers: int = 1, cpus: float = 1
                     "val_ann": str(data.ann("val")), "val_images": str(data.images("val")),
                     "image_scale": [size.width, size.height]},
         "student": size.student, "teachers": {"teacher": teacher},
-        "schedules": {"search": {"iters": size.trial_iters}, "full": {"iters": size.trial_iters}},
+        # A search trial on COCO-format data is whole epochs: one pass over the generated images.
+        "schedules": {"search": {"epochs": 1}, "full": {"epochs": 1}},
         "optim": {"lr": 0.01, "batch_size": size.batch, "warmup_iters": 1},
         "resources": {"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus, "amp": amp,
                       "data_workers": size.data_workers},
-        "seed": 0,
+        "seed": 0, "tracking_uri": "sqlite:///" + str(data.root.parent.parent / "mlflow.db"),  # beside the work
     }
 
 
@@ -343,8 +343,7 @@ def space_dict(exp_path: Path, trials: int, gpus: float, cpus: int) -> dict[str,
             "search": {"sampler": "random", "seed": 0, "num_samples": trials, "max_concurrent_trials": trials,
                        "defaults": False},
             "scheduler": {"type": "none"},
-            "resources": {"workers": 1, "cpus_per_worker": cpus, "gpus_per_worker": gpus},
-            "tracking_uri": "sqlite:///" + str(exp_path.parent / "mlflow.db")}
+            "resources": {"workers": 1, "cpus_per_worker": cpus, "gpus_per_worker": gpus}}
 
 
 def run_search(ctx: Context, name: str, trials: int, gpus: float, cpus: int) -> dict[str, Any]:
@@ -390,8 +389,7 @@ class Context:
 
         self.size, self.work, self.device, self.precisions = size, work, device, precisions
         self.data = ensure_coco(work / "data", size.width, size.height, size.train_images, val=8)
-        amp = False
-        self.exp_path = write_yaml(work / "experiment.yaml", experiment_dict(size, self.data, amp=amp))
+        self.exp_path = write_yaml(work / "experiment.yaml", experiment_dict(size, self.data))
         self.exp = load_experiment(self.exp_path)
         torch.manual_seed(1)
         self.teacher = build_model(size.teacher, device, frozen=True)
