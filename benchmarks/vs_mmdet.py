@@ -290,7 +290,7 @@ def compare_loaders(exp_path: Path, batches: int, repeats: int) -> dict[str, Any
 
 
 # ---- driver -------------------------------------------------------------------------------------
-SETS = {"demo": (demo_experiment, 50, 10), "coco1333": (coco_experiment, 12, 6)}  # name: (experiment, iters, loader batches)
+SETS = {"demo": (demo_experiment, 50, 40), "coco1333": (coco_experiment, 12, 12)}  # name: (experiment, iters, loader batches)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,17 +303,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "vs_mmdet")
     p.add_argument("--out", type=Path, default=OUT / "vs_mmdet.json")
+    p.add_argument("--parts", nargs="+", choices=("loader", "training"), default=["loader", "training"],
+                   help="the data pipeline alone (no Ray) and/or the training runs")
     args = p.parse_args(argv)
     work = args.work.resolve()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.sets:
         make, iters, batches = SETS[name]
         exp_path = make(work, iters)
-        result[name] = {"experiment": str(exp_path), "loader": compare_loaders(exp_path, batches, args.repeats),
-                        "training": compare_training(name, exp_path, work, iters, args.repeats)}
+        entry = result.setdefault(name, {})
+        entry["experiment"] = str(exp_path)
+        if "loader" in args.parts:
+            entry["loader"] = compare_loaders(exp_path, batches, args.repeats)
+        if "training" in args.parts:
+            entry["training"] = compare_training(name, exp_path, work, iters, args.repeats)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-        t = result[name]["training"]
+        if "training" not in entry:
+            continue
+        t = entry["training"]
         print(f"[vs_mmdet] {name}: raykd {t['raykd_it_per_s']:.3f} it/s, mmengine {t['mmengine_it_per_s']:.3f} it/s, "
               f"ratio {t['ratio_median']:.3f} -> {args.out}", flush=True)
 
