@@ -1,8 +1,13 @@
-"""`make bench` and the other benchmark scripts start (they are not run: each takes minutes to hours)."""
+"""`make bench` and the other benchmark scripts start (they are not run: each takes minutes to hours);
+the GPU benchmark runs whole at its CPU-tiny size."""
 
+import json
+import math
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import TESTS
 
 ROOT = TESTS.parent
@@ -23,3 +28,30 @@ def test_every_benchmark_module_imports():
     assert {"common", "kd_vs_student", "step_time"} <= set(modules)
     proc = run("-c", "; ".join(f"import benchmarks.{m}" for m in modules))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# Every row the GPU benchmark must write, at any size: raykd's step per method and precision, the
+# teacher's cost, mmengine's Runner beside raykd's loop, and the shared-device search beside the whole one.
+GPU_BENCH_ROWS = {
+    *(f"raykd {m} {p}" for m in ("none", "feature", "icd", "frs", "crosskd", "mgd", "policy") for p in ("fp32", "fp16", "bf16")),
+    *(f"teacher {part} {p}" for part in ("features", "full") for p in ("fp32", "fp16", "bf16")),
+    "mmengine Runner none fp32", "raykd loader+step none fp32", "raykd / mmengine throughput",
+    "search 2-at-once", "search 1-whole", "trials per hour, shared / whole",
+}
+
+
+@pytest.mark.e2e  # starts Ray and two real searches
+def test_gpu_bench_runs_at_its_cpu_tiny_size(tmp_path):
+    """What a GPU machine runs, at the CPU size: every row, every number finite and positive."""
+    out = tmp_path / "gpu_bench.json"
+    proc = subprocess.run(["bash", "benchmarks/gpu_bench.sh", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == GPU_BENCH_ROWS
+    for name, row in rows.items():
+        numbers = [v for k, v in row.items() if isinstance(v, float)]
+        assert numbers and all(math.isfinite(v) and v > 0 for v in numbers), (name, row)
+    assert result["setup"]["size"] == "tiny"
