@@ -183,12 +183,12 @@ def ray_cluster():
     """One local Ray cluster for every in-process test that needs it."""
     import ray
 
-    from raykd.train.cluster import train_env
+    from raykd.train.cluster import runtime_env
     from raykd.train.launch import ensure_ray
 
     if not ray.is_initialized():  # with raykd's Ray Train settings, as raykd's own ray.init passes them
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                 runtime_env={"env_vars": train_env()})
+                 runtime_env=runtime_env())
     ensure_ray()
     # CLI subprocesses join this cluster: with two Ray instances on one machine, Train's
     # placement-group cleaner cannot tell which to use, and a trial ASHA stops never frees its CPUs.

@@ -72,7 +72,7 @@ def _init_args(quiet: bool, progress: bool = False) -> dict[str, Any]:
     Tune. ``progress`` (a single run): the workers' logs are forwarded after all, for their raykd
     lines (``raykd.train.ray_console`` keeps the rest off the terminal)."""
     return {"log_to_driver": not quiet or progress, "logging_level": logging.ERROR if quiet else logging.INFO,
-            "runtime_env": {"env_vars": train_env()}}
+            "runtime_env": runtime_env()}
 
 
 def set_console(quiet: bool, log: Path | None, progress: bool = False) -> None:
@@ -88,6 +88,15 @@ def set_console(quiet: bool, log: Path | None, progress: bool = False) -> None:
 # only at its next poll, and the trial's slot stays held until then: at 0.5 s a search's trials
 # hand their slots on ~2 s sooner each (measured side by side, benchmarks/search_overhead.py).
 TRAIN_POLL_S = "0.5"
+
+
+# Every worker process of raykd's jobs learns its own cluster's address (see raykd.train.worker_env).
+WORKER_SETUP_HOOK = "raykd.train.worker_env.know_own_cluster"
+
+
+def runtime_env() -> dict[str, Any]:
+    """The runtime environment of raykd's Ray jobs (``ray.init``)."""
+    return {"env_vars": train_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def train_env() -> dict[str, str]:
@@ -127,8 +136,9 @@ def _join_local(address: str, init_args: dict[str, Any]) -> bool:
     ``~/.ray/auth_token``; ``ray.init`` picks that token up only when it finds the instance itself, not
     for an explicit address, so raykd does what Ray does for a found instance first. False: the
     instance refused this user's token (another user's): the caller starts an instance of its own."""
-    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
-    # and workers of early-stopped trials are never freed. Joining is the safe default.
+    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot, and
+    # workers of early-stopped trials are never freed. raykd's jobs tell their workers their own
+    # cluster (raykd.train.worker_env), a Ray instance started otherwise does not: joining stays the default.
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         ray.init(address=address, **init_args)
