@@ -54,3 +54,35 @@ def test_without_a_route_ray_prints_as_it_does(capsys):
     ray_console.route_ray_output(None)
     ray_console.print_to_stdstream(CLUSTER, ignore_prefix=True)
     assert "8 PYTHON worker processes have been started" in capsys.readouterr().out
+
+
+def test_a_worker_learns_its_own_cluster_and_a_failure_never_ends_it(monkeypatch):
+    """raykd.train.worker_env: Ray Train's placement-group cleaner resolves the cluster from RAY_ADDRESS."""
+    import types
+
+    from raykd.train import worker_env
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(worker_env.ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address="10.0.0.1:6379"))
+    worker_env.know_own_cluster()
+    assert worker_env.os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
+
+    def broken():
+        raise RuntimeError("not connected")
+
+    monkeypatch.setattr(worker_env.ray, "get_runtime_context", broken)
+    worker_env.know_own_cluster()  # no exception: a failing setup hook would end the worker process
+
+
+def test_raykd_jobs_workers_carry_their_clusters_address(ray_cluster):
+    """The setup hook in raykd's runtime environment runs in every worker (the Ray instance of the
+    e2e session is started with it, as raykd's own ray.init starts one)."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def address():
+        return os.environ.get("RAY_ADDRESS")
+
+    assert ray.get(address.remote()) == ray.get_runtime_context().gcs_address
