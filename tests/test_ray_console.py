@@ -62,7 +62,7 @@ def test_a_worker_learns_its_own_cluster_and_a_failure_never_ends_it(monkeypatch
 
     from raykd.train import worker_env
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "")  # restored (or removed) after the test: the hook sets it
     monkeypatch.setattr(worker_env.ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address="10.0.0.1:6379"))
     worker_env.know_own_cluster()
     assert worker_env.os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
