@@ -12,7 +12,8 @@ from test_search_console import RAY_INTERNALS
 
 def run(tmp_path, *options):
     out = tmp_path / ("verbose" if options else "quiet")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    # As from a shell: a Ray instance running here (the e2e session's) is found and joined with its token.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     proc = subprocess.run([sys.executable, "-m", "raykd.run", str(TINY), "--workers", "1", "--schedule", "1",
                            "--out", str(out), *options], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
