@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the experiment's resources.workers)")
     p.add_argument("--seed", type=int, help="random seed (default: the experiment's seed)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<experiment>-<method>-<time>)")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own output (Train controller and worker "
+                                                          "logs, warnings; default: raykd's progress lines only, "
+                                                          "Ray's in OUT/ray.log)")
     p.add_argument("--check", action="store_true", help="pre-flight check (models, checkpoints, data, step times, "
                                                         "compute estimate) without Ray; exit 0 or 2")
     return p.parse_args(argv)
@@ -56,12 +59,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         return print_check(exp, spec.resources, SearchPlan(trials=None, schedule=exp.schedules.search))
     # Ray and Ray Train load here, once the run is checked: `--help`, `--check` and a bad input skip them
     # (importing raykd.train.launch costs about 1 s more than the rest of raykd.run).
-    from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
+    from raykd.train.launch import RunConsole, ensure_teachers, run_outcome, run_training, teacher_metrics
 
     out = (args.out or Path("runs") / f"{exp.name}-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     teachers = stage_teachers(spec)
-    ensure_teachers(exp, teachers, out / "ray")
-    result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray")
+    console = RunConsole(out / "ray.log", args.verbose)
+    ensure_teachers(exp, teachers, out / "ray", console)
+    result = run_training(spec, f"{method.name}-seed{spec.seed}", out / "ray", console=console)
     outcome = run_outcome(result)
     if outcome.diverged:
         print(f"error: run diverged: {outcome.diverged}", file=sys.stderr)

@@ -97,7 +97,7 @@ def head_pairs(tiny_exp, student, teachers):
 # Test modules that start Ray clusters, searches or the CLIs end to end: `make test-fast` leaves them
 # out (`-m "not e2e"`) so a change to a loss or a schema is checked in minutes; `make test` runs all.
 E2E_MODULES = {"test_cluster", "test_final", "test_order_search", "test_pareto", "test_ray_lifecycle",
-               "test_reliability", "test_search", "test_search_console", "test_user_path"}
+               "test_reliability", "test_run_console", "test_search", "test_search_console", "test_user_path"}
 
 
 def pytest_collection_modifyitems(items):
@@ -183,12 +183,12 @@ def ray_cluster():
     """One local Ray cluster for every in-process test that needs it."""
     import ray
 
-    from raykd.train.cluster import train_env
+    from raykd.train.cluster import runtime_env
     from raykd.train.launch import ensure_ray
 
     if not ray.is_initialized():  # with raykd's Ray Train settings, as raykd's own ray.init passes them
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-                 runtime_env={"env_vars": train_env()})
+                 runtime_env=runtime_env())
     ensure_ray()
     # CLI subprocesses join this cluster: with two Ray instances on one machine, Train's
     # placement-group cleaner cannot tell which to use, and a trial ASHA stops never frees its CPUs.

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, metavar="S",
                    help="on S seeds each (the trial's seed, then the next ones), with the student alone and the "
                         "method's defaults as references; registers the best mean (default 1)")
+    p.add_argument("--verbose", action="store_true", help="also show Ray's own output (Train controller and worker "
+                                                          "logs, warnings; default: raykd's progress lines only, "
+                                                          "Ray's in OUT/ray.log)")
     return p.parse_args(argv)
 
 
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"seed {spec.seed}) -> {out}", flush=True)
     try:
         with TrackedRun(tracker, run_id, out / FINAL_STATE_FILE, state):
-            summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline)
+            summary = train_and_register(promo, spec, out, tracker, run_id, baseline=args.baseline,
+                                         verbose=args.verbose)
     except Diverged as err:
         print(f"error: run diverged: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -103,17 +103,20 @@ def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: st
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in h.items() if k != "epoch"}, step)
 
 
-def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False) -> dict[str, Any]:
-    """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone."""
+def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False,
+                       verbose: bool = False) -> dict[str, Any]:
+    """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone.
+    ``verbose``: Ray's own output on the terminal too (else in ``out``/ray.log)."""
     # MLflow's model registry and Ray Train load here, when a run starts: importing them with this
     # module would cost raykd.final's every start, and a bad input's exit, about 1.7 s more.
     from raykd.tracking.registry import register_student, registered_name
-    from raykd.train.launch import ensure_teachers, run_outcome, run_training, teacher_metrics
+    from raykd.train.launch import RunConsole, ensure_teachers, run_outcome, run_training, teacher_metrics
 
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
     teachers = stage_teachers(spec)
-    ensure_teachers(exp, teachers, ray_dir)
-    result = run_training(spec, f"final-{trial.trial_id}", ray_dir)
+    console = RunConsole(out / "ray.log", verbose)
+    ensure_teachers(exp, teachers, ray_dir, console)
+    result = run_training(spec, f"final-{trial.trial_id}", ray_dir, console=console)
     outcome = run_outcome(result)
     _log_history(tracker, run_id, outcome.history)
     if outcome.diverged:
@@ -130,7 +133,7 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     baseline_metrics = None
     if baseline:
         base_spec = spec.model_copy(update={"method": MethodSpec(name="none")})
-        base = run_outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir))
+        base = run_outcome(run_training(base_spec, f"baseline-{trial.trial_id}", ray_dir, console=console))
         if base.diverged or not base.history:
             why = base.diverged or "it reported no epoch"
             print(f"[raykd] the student-only baseline did not finish: {why}", flush=True)

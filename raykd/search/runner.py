@@ -184,7 +184,7 @@ def run_search(
     t0 = time.perf_counter()
     tracker = Tracker(tracking_uri or space.tracking_uri or space.exp.tracking_uri, space.source)  # fails fast
     results_dir = results_dir.resolve()
-    ensure_ray(address, quiet=not verbose)
+    ensure_ray(address, quiet=not verbose, log=results_dir / "ray.log")  # quiet: Ray's warnings into the log
     _check_fits(space)  # before anything is written: a request no node can hold is an error, not a wait
     parent, state = _open_parent(space, results_dir, tracker, resume)
     tracking = MlflowRef(tracking_uri=tracker.uri, experiment=space.exp.name, parent_run_id=parent)

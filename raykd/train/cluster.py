@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
 from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
+from raykd.train.ray_console import raykd_line, route_ray_output
 
 GCS_TIMEOUT_S = 2.0  # a live GCS accepts a connection at once; a dead one refuses or never answers
 
@@ -63,18 +65,38 @@ def check_address(address: str, key: str) -> None:
         raise ConfigError(key, "", f"no Ray cluster answers at {address} (is it running? `ray status --address {address}`)")
 
 
-def _init_args(quiet: bool) -> dict[str, Any]:
-    """``ray.init`` arguments for what reaches this terminal. Quiet: no worker logs (Ray's Train
-    controllers and workers log every step of their life at INFO) and only Ray's own errors; what a
-    user needs from the workers (reports, a failed trial's reason) reaches the driver through Tune."""
-    return {"log_to_driver": not quiet, "logging_level": logging.ERROR if quiet else logging.INFO,
-            "runtime_env": {"env_vars": train_env()}}
+def _init_args(quiet: bool, progress: bool = False) -> dict[str, Any]:
+    """``ray.init`` arguments for what reaches this terminal. Quiet: only Ray's own errors, and no
+    worker logs (Ray's Train controllers and workers log every step of their life at INFO): what a
+    user needs from a search's workers (reports, a failed trial's reason) reaches the driver through
+    Tune. ``progress`` (a single run): the workers' logs are forwarded after all, for their raykd
+    lines (``raykd.train.ray_console`` keeps the rest off the terminal)."""
+    return {"log_to_driver": not quiet or progress, "logging_level": logging.ERROR if quiet else logging.INFO,
+            "runtime_env": runtime_env()}
+
+
+def set_console(quiet: bool, log: Path | None, progress: bool = False) -> None:
+    """Where Ray's lines go (``raykd.train.ray_console``): quiet with a ``log``, into that file, and
+    only raykd's progress lines (``progress``) or none on the terminal; else Ray prints them."""
+    if quiet and log is not None:
+        route_ray_output(log, raykd_line if progress else None)
+    else:
+        route_ray_output(None)
 
 
 # How often a Ray Train controller polls its workers (Ray's default 2 s). It notices a finished run
 # only at its next poll, and the trial's slot stays held until then: at 0.5 s a search's trials
 # hand their slots on ~2 s sooner each (measured side by side, benchmarks/search_overhead.py).
 TRAIN_POLL_S = "0.5"
+
+
+# Every worker process of raykd's jobs learns its own cluster's address (see raykd.train.worker_env).
+WORKER_SETUP_HOOK = "raykd.train.worker_env.know_own_cluster"
+
+
+def runtime_env() -> dict[str, Any]:
+    """The runtime environment of raykd's Ray jobs (``ray.init``)."""
+    return {"env_vars": train_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def train_env() -> dict[str, str]:
@@ -84,17 +106,19 @@ def train_env() -> dict[str, str]:
     return {name: os.environ.get(name, TRAIN_POLL_S)}
 
 
-def init_ray(address: str | None, quiet: bool = False) -> None:
+def init_ray(address: str | None, quiet: bool = False, log: Path | None = None, progress: bool = False) -> None:
     """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
-    Prints one line saying which."""
+    Prints one line saying which. ``quiet``, ``log``, ``progress``: see ``set_console``."""
+    set_console(quiet, log, progress)
+    init_args = _init_args(quiet, progress)
     key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_address(address, key)
-        _join_authenticated(address, key, quiet)
+        _join_authenticated(address, key, init_args)
         return
     live, dead = choose_local_instance(recorded_local_instances())
-    if live and _join_local(live, quiet):
+    if live and _join_local(live, init_args):
         return
     why = f" (the recorded one at {', '.join(dead)} does not answer)" if dead else ""
     if live:
@@ -103,20 +127,21 @@ def init_ray(address: str | None, quiet: bool = False) -> None:
     # address="local": without it ray.init reads the stale record again and retries it forever.
     # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
     # workers of a trial that Tune stopped early.
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **_init_args(quiet))
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **init_args)
 
 
-def _join_local(address: str, quiet: bool) -> bool:
+def _join_local(address: str, init_args: dict[str, Any]) -> bool:
     """Join the Ray instance found running on this machine (e.g. a search's, beside which a user starts
     ``raykd.run``). Ray 2.59+ starts local instances with token auth and writes the token to
     ``~/.ray/auth_token``; ``ray.init`` picks that token up only when it finds the instance itself, not
     for an explicit address, so raykd does what Ray does for a found instance first. False: the
     instance refused this user's token (another user's): the caller starts an instance of its own."""
-    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot,
-    # and workers of early-stopped trials are never freed. Joining is the safe default.
+    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot, and
+    # workers of early-stopped trials are never freed. raykd's jobs tell their workers their own
+    # cluster (raykd.train.worker_env), a Ray instance started otherwise does not: joining stays the default.
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
-        ray.init(address=address, **_init_args(quiet))
+        ray.init(address=address, **init_args)
     except RuntimeError as err:
         if not isinstance(err.__cause__, ray.exceptions.AuthenticationError):
             raise
@@ -127,10 +152,10 @@ def _join_local(address: str, quiet: bool) -> bool:
     return True
 
 
-def _join_authenticated(address: str, key: str, quiet: bool) -> None:
+def _join_authenticated(address: str, key: str, init_args: dict[str, Any]) -> None:
     """Join a cluster; a head that wants Ray 2.60's auth token we lack is one line, not a traceback."""
     try:
-        ray.init(address=address, **_init_args(quiet))
+        ray.init(address=address, **init_args)
     except RuntimeError as err:
         if not isinstance(err.__cause__, ray.exceptions.AuthenticationError):
             raise

@@ -24,11 +24,31 @@ from raykd.train.stage_checkpoints import as_uri, stages_uri
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
 
-def ensure_ray(address: str | None = None, quiet: bool = False) -> None:
+def ensure_ray(address: str | None = None, quiet: bool = False, log: Path | None = None,
+               progress: bool = False) -> None:
     """Join ``address`` (or RAY_ADDRESS) if given, else a live local Ray instance, else start one.
-    ``quiet``: worker logs and Ray's warnings stay off this terminal."""
+    ``quiet``: worker logs and Ray's warnings stay off this terminal (into ``log`` if given);
+    ``progress``: but the workers' raykd lines reach it (a single run's console)."""
     if not ray.is_initialized():
-        init_ray(address, quiet)
+        init_ray(address, quiet, log, progress)
+
+
+@dataclass(frozen=True)
+class RunConsole:
+    """What a single run (raykd.run, raykd.final) prints, once it starts Ray: by default raykd's own
+    progress lines, Ray's (its workers' and Train controllers' logs, its warnings) in ``log``;
+    ``verbose``: Ray's too, as Ray prints them."""
+
+    log: Path | None = None
+    verbose: bool = True
+
+    def start_ray(self) -> None:
+        if ray.is_initialized():
+            return
+        ensure_ray(quiet=not self.verbose, log=self.log, progress=True)
+        if not self.verbose and self.log is not None:
+            print(f"[raykd] Ray's own output (Train controller and worker logs, warnings) goes to {self.log}; "
+                  "--verbose shows it here", flush=True)
 
 
 def build_trainer(
@@ -101,9 +121,11 @@ def run_outcome(result) -> RunOutcome:
 
 
 def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failures: int = 0,
-                 train_hooks: list[TrainHook] | None = None):
+                 train_hooks: list[TrainHook] | None = None, console: RunConsole = RunConsole()):
+    """``console``: what the terminal shows if this run starts Ray (a local-mode run, ``workers: 0``,
+    trains in this process and starts none)."""
     if spec.resources.workers > 0:
-        ensure_ray()
+        console.start_ray()
         check_cluster_fits(spec.resources, spec.experiment.source)
     return build_trainer(spec, name, storage_path, max_failures=max_failures, train_hooks=train_hooks).fit()
 
@@ -123,7 +145,8 @@ def teacher_run_spec(exp: Experiment, name: str) -> RunSpec:
     )
 
 
-def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path) -> None:
+def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path,
+                    console: RunConsole = RunConsole()) -> None:
     """Train every named teacher that is not cached yet (once; later runs reuse the cache)."""
     for name in missing_teachers(exp, names):
         if exp.teachers[name].train is None:
@@ -131,7 +154,7 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path)
         print(f"[raykd] teacher {name!r} is not cached: training it now (once)", flush=True)
         # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
         run_name = cached_teacher_dir(exp, name).name
-        result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path)
+        result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path, console=console)
         outcome = run_outcome(result)
         if outcome.diverged or result.checkpoint is None:
             why = outcome.diverged or "no checkpoint was written"

@@ -1,0 +1,88 @@
+"""Where Ray's lines go on a quiet console (raykd.train.ray_console): into a log file, with only
+raykd's progress lines on the terminal; Ray's own printer otherwise. Ray's real printer slots,
+no Ray process."""
+
+import functools
+
+import ray._private.worker as ray_worker
+from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+from raykd.train import ray_console
+
+CONTROLLER = {"lines": ["[raykd] w1 epoch 1/1 done: AP 0.000", "INFO controller.py:1 -- Attempting to start training"],
+              "pid": 12, "actor_name": "TrainController", "is_err": False}
+CLUSTER = {"lines": ["8 PYTHON worker processes have been started on node ..."], "pid": "raylet", "is_err": False}
+
+
+def test_quiet_route_logs_every_line_and_shows_raykd_lines_only(tmp_path, capsys):
+    log = tmp_path / "out" / "ray.log"
+    ray_console.route_ray_output(log, ray_console.raykd_line)
+    try:
+        assert ray_worker.print_to_stdstream is ray_console.print_to_stdstream  # the error listener's printer
+        ray_console.print_to_stdstream(CONTROLLER, ignore_prefix=False)
+        ray_console.print_to_stdstream(CLUSTER, ignore_prefix=False)
+    finally:
+        ray_console.route_ray_output(None)
+    assert capsys.readouterr().out == "[raykd] w1 epoch 1/1 done: AP 0.000\n"
+    assert log.read_text().splitlines() == [
+        "(TrainController pid=12) [raykd] w1 epoch 1/1 done: AP 0.000",
+        "(TrainController pid=12) INFO controller.py:1 -- Attempting to start training",
+        "(raylet) 8 PYTHON worker processes have been started on node ...",
+    ]
+
+
+def test_a_search_route_shows_nothing_and_a_connected_drivers_printer_is_replaced(tmp_path, capsys):
+    """A driver connected before the route was set holds Ray's printer in the dispatcher: replaced."""
+    name = "ray_print_logs"
+    had = [h for h in global_worker_stdstream_dispatcher.handlers if h[0] == name]
+    global_worker_stdstream_dispatcher.remove_handler(name)
+    global_worker_stdstream_dispatcher.add_handler(name, functools.partial(ray_console._RAY_PRINT, ignore_prefix=False))
+    try:
+        ray_console.route_ray_output(tmp_path / "ray.log")
+        global_worker_stdstream_dispatcher.emit(CONTROLLER)
+        ray_console.print_to_stdstream(CLUSTER)
+    finally:
+        ray_console.route_ray_output(None)
+        global_worker_stdstream_dispatcher.remove_handler(name)
+        for h in had:
+            global_worker_stdstream_dispatcher.add_handler(*h)
+    assert capsys.readouterr().out == ""
+    assert len((tmp_path / "ray.log").read_text().splitlines()) == 3
+
+
+def test_without_a_route_ray_prints_as_it_does(capsys):
+    ray_console.route_ray_output(None)
+    ray_console.print_to_stdstream(CLUSTER, ignore_prefix=True)
+    assert "8 PYTHON worker processes have been started" in capsys.readouterr().out
+
+
+def test_a_worker_learns_its_own_cluster_and_a_failure_never_ends_it(monkeypatch):
+    """raykd.train.worker_env: Ray Train's placement-group cleaner resolves the cluster from RAY_ADDRESS."""
+    import types
+
+    from raykd.train import worker_env
+
+    monkeypatch.setenv("RAY_ADDRESS", "")  # restored (or removed) after the test: the hook sets it
+    monkeypatch.setattr(worker_env.ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address="10.0.0.1:6379"))
+    worker_env.know_own_cluster()
+    assert worker_env.os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
+
+    def broken():
+        raise RuntimeError("not connected")
+
+    monkeypatch.setattr(worker_env.ray, "get_runtime_context", broken)
+    worker_env.know_own_cluster()  # no exception: a failing setup hook would end the worker process
+
+
+def test_raykd_jobs_workers_carry_their_clusters_address(ray_cluster):
+    """The setup hook in raykd's runtime environment runs in every worker (the Ray instance of the
+    e2e session is started with it, as raykd's own ray.init starts one)."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def address():
+        return os.environ.get("RAY_ADDRESS")
+
+    assert ray.get(address.remote()) == ray.get_runtime_context().gcs_address
