@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import TrialConfig
 from raykd.search.validation import Candidate, candidates, run_key
@@ -79,8 +78,6 @@ def run_finalists(space: SearchSpace, rows: list[dict[str, Any]], variants: dict
           + (f" ({len(reused)} reused from the search)" if reused else ""), flush=True)
     summary = run_validation(cands, specs, seeds, space.metric, space.mode, out, results_dir / FINALISTS_FILE, tracker,
                              run_id, reused=reused, resume=resume, train_hooks=train_hooks)
-    summary.update(validation_run_id=run_id, trained_runs=len(specs) - len(reused), reused_runs=len(reused))
-    write_json_atomic(results_dir / FINALISTS_FILE, summary)
     return summary, winner_trial(summary, cands)
 
 

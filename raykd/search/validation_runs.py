@@ -122,6 +122,7 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
         summary = summarize(cands, seeds, scores, metric, mode)
         summary["runs"] = {k: {"trial_id": (r.metrics or {}).get("trial_id"), "error": _error(r)} for k, r in results.items()}
         summary["runs"].update({k: {"trial_id": r.trial_id, "error": None, "reused": True} for k, r in reused.items()})
+        summary.update(trained_runs=len(todo), reused_runs=len(reused))
         if summary["winner"] is None:
             run.end_as(RunStatus.FAILED, "no validation run finished")
         elif register is not None:
