@@ -86,3 +86,24 @@ def test_raykd_jobs_workers_carry_their_clusters_address(ray_cluster):
         return os.environ.get("RAY_ADDRESS")
 
     assert ray.get(address.remote()) == ray.get_runtime_context().gcs_address
+
+
+def test_showing_lets_the_chosen_lines_through_for_its_block_only(tmp_path, capsys):
+    """A search's console shows none of its trials' lines, but its teachers' progress while they train."""
+    ray_console.route_ray_output(tmp_path / "ray.log")
+    try:
+        with ray_console.showing(ray_console.raykd_line):
+            ray_console.print_to_stdstream(CONTROLLER)
+        ray_console.print_to_stdstream(CONTROLLER)
+    finally:
+        ray_console.route_ray_output(None)
+    assert capsys.readouterr().out == "[raykd] w1 epoch 1/1 done: AP 0.000\n"
+    assert len((tmp_path / "ray.log").read_text().splitlines()) == 4
+
+
+def test_a_quiet_driver_with_a_log_forwards_worker_logs_and_one_without_does_not(tmp_path):
+    from raykd.train.cluster import _init_args
+
+    assert _init_args(quiet=True, log=tmp_path / "ray.log")["log_to_driver"]  # into the file
+    assert not _init_args(quiet=True)["log_to_driver"]
+    assert _init_args(quiet=False)["log_to_driver"]

@@ -89,3 +89,12 @@ def test_the_ui_reads_the_kind_and_the_run_names(uri, served):
     assert {"key": EXPERIMENT_KIND_TAG, "value": MODEL_TRAINING} in exp["tags"]
     runs = api(served, "runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
     assert sorted(r["info"]["run_name"] for r in runs) == ["search demo 2026-01-02 03:04", "trial 1 feature λ=18.6"]
+
+
+def test_a_new_store_is_created_without_info_lines_on_the_terminal(tmp_path):
+    """mlflow logs its schema set-up at INFO on stderr (its own handler): a CLI's first run stays quiet."""
+    code = f"from raykd.tracking.store import Tracker; Tracker('sqlite:///{tmp_path / 'fresh.db'}')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fresh.db").is_file()
+    assert proc.stdout + proc.stderr == ""

@@ -167,6 +167,7 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
     # Ray and Ray Tune load only for a validation, after its inputs were checked: importing
     # raykd.search.validation_runs costs about 0.9 s more than the rest of raykd.final.
     from raykd.search.validation_runs import run_validation, start_validation_run
+    from raykd.train.launch import ensure_ray
 
     tracker = Tracker(uri, "--tracking-uri")
     out.mkdir(parents=True)
@@ -179,6 +180,10 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
 
     # The table lands beside the search's best.yaml unless the user chose where the validation goes.
     table = promo.results_dir / VALIDATION_FILE if promo.results_dir and args.out is None else out / VALIDATION_FILE
+    # The search's console: a line per run event; Ray's own output into the log (--verbose: here).
+    ensure_ray(quiet=not args.verbose, log=out / "ray.log")
+    if not args.verbose:
+        print(f"[raykd] Ray's own output goes to {out / 'ray.log'}; --verbose shows it here", flush=True)
     run_id = start_validation_run(tracker, cands, specs, seeds, out, promo.parent_run_id, f"validation {out.parent.name}")
     try:
         summary = run_validation(cands, specs, seeds, metric, mode, out, table, tracker, run_id, register)

@@ -56,8 +56,9 @@ def print_event(line: str) -> None:
 
 class TrialEvents(Callback):
     def __init__(self, label: Callable[[dict[str, Any]], str], metric: str, mode: str, max_epochs: int, asha: bool,
-                 table_every_s: float = TABLE_EVERY_S):
+                 table_every_s: float = TABLE_EVERY_S, numbered: bool = True):
         self.label = label  # trial config -> "feature λ=18.6"
+        self.numbered = numbered  # "trial 3 <label>" (a search's trials), else the label alone (a validation's runs)
         self.metric, self.sign = metric, 1 if mode == "max" else -1
         self.max_epochs, self.asha = max_epochs, asha
         self.table_every_s = table_every_s
@@ -77,7 +78,7 @@ class TrialEvents(Callback):
         return self.labels[trial.trial_id]
 
     def name(self, trial) -> str:
-        return trial_run_name(trial, self._label(trial))
+        return trial_run_name(trial, self._label(trial)) if self.numbered else self._label(trial)
 
     def _score(self, trial_id: str) -> str:
         m = self.scores.get(trial_id, {})

@@ -16,6 +16,7 @@ from ray import tune
 from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig
+from raykd.search.console import TrialEvents, quiet_tune
 from raykd.search.trainable import train_reporting_to_tune
 from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.search.tune_session import (
@@ -39,6 +40,7 @@ from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.layout import STUDENT_FILE, latest_checkpoint
+from raykd.train.ray_console import ray_log
 from raykd.train.stages import stage_teachers
 
 WORKER_RETRIES = 2  # as in a search: a lost worker group restarts from the run's last checkpoint
@@ -109,9 +111,12 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
     with TrackedRun(tracker, parent, on_unfinished=logger.mark_unfinished) as run:
         results = {}
         if todo:
-            tuner = _tuner(todo, out, logger, resume, train_hooks)
+            events = TrialEvents(_run_labels(cands, specs), metric, mode, first.schedule.epochs or 0, asha=False,
+                                 numbered=False)
+            tuner = _tuner(todo, out, [logger, events], resume, train_hooks)
             mark_sigint()
-            grid = tuner.fit()
+            with quiet_tune(ray_log() is not None):  # on a quiet console: raykd's lines per run, not Tune's
+                grid = tuner.fit()
             run.on_unfinished = callback_of(tuner, MLflowTrialLogger, logger).mark_unfinished
             if interrupted_by_signal() or unfinished_trials(grid):
                 raise KeyboardInterrupt
@@ -137,7 +142,18 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
     return summary
 
 
-def _tuner(specs: dict[str, RunSpec], out: Path, logger: MLflowTrialLogger, resume: bool,
+def _run_labels(cands: list[Candidate], specs: dict[str, RunSpec]):
+    """Tune config -> ``icd λ=4.53 seed 1``: what the console calls each run."""
+    by_key = {run_key(c.key, s.seed): c for c in cands for s in specs.values()}
+
+    def label(config: dict[str, Any]) -> str:
+        key = config["run"]
+        return f"{by_key[key].label} seed {specs[key].seed}" if key in by_key else key
+
+    return label
+
+
+def _tuner(specs: dict[str, RunSpec], out: Path, callbacks: list[Any], resume: bool,
            train_hooks: list[TrainHook] | None):
     trainable = tune.with_resources(
         tune.with_parameters(validation_run, specs={k: s.to_dict() for k, s in specs.items()}, storage=str(out / "train"),
@@ -148,7 +164,7 @@ def _tuner(specs: dict[str, RunSpec], out: Path, logger: MLflowTrialLogger, resu
         trainable,
         param_space={"run": tune.grid_search(list(specs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_runs(next(iter(specs.values())))),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=[logger], verbose=0,
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     ))
 

@@ -7,9 +7,12 @@ opened."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,21 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+@contextmanager
+def _quiet_schema_setup() -> Iterator[None]:
+    """A new sqlite store logs its table creation and migrations at INFO on the user's terminal
+    ("Creating initial MLflow database tables..."): routine, so kept to warnings."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 class Tracker:
     def __init__(self, uri: str, source: str = "tracking_uri"):
         from mlflow.tracking import MlflowClient
@@ -91,9 +109,10 @@ class Tracker:
             if not db.parent.exists():
                 raise ConfigError(source, "tracking_uri", f"cannot open {uri}: folder {db.parent} does not exist")
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         try:
-            self.client.search_experiments(max_results=1)
+            with _quiet_schema_setup():  # connecting creates a new store's tables
+                self.client = MlflowClient(tracking_uri=uri)
+                self.client.search_experiments(max_results=1)
         except Exception as err:  # any backend failure means the URI is unusable
             msg = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise ConfigError(source, "tracking_uri", f"cannot open {uri}: {msg}") from None

@@ -65,14 +65,15 @@ def check_address(address: str, key: str) -> None:
         raise ConfigError(key, "", f"no Ray cluster answers at {address} (is it running? `ray status --address {address}`)")
 
 
-def _init_args(quiet: bool, progress: bool = False) -> dict[str, Any]:
-    """``ray.init`` arguments for what reaches this terminal. Quiet: only Ray's own errors, and no
-    worker logs (Ray's Train controllers and workers log every step of their life at INFO): what a
-    user needs from a search's workers (reports, a failed trial's reason) reaches the driver through
-    Tune. ``progress`` (a single run): the workers' logs are forwarded after all, for their raykd
-    lines (``raykd.train.ray_console`` keeps the rest off the terminal)."""
-    return {"log_to_driver": not quiet or progress, "logging_level": logging.ERROR if quiet else logging.INFO,
-            "runtime_env": runtime_env()}
+def _init_args(quiet: bool, progress: bool = False, log: Path | None = None) -> dict[str, Any]:
+    """``ray.init`` arguments for what reaches this terminal. Quiet: only Ray's own errors reach it;
+    the workers' logs (Ray's Train controllers and workers log every step of their life at INFO) are
+    forwarded only where there is somewhere to put them: a ``log`` file (``raykd.train.ray_console``
+    keeps them off the terminal but for raykd's own progress lines where asked, e.g. ``progress``,
+    a single run's, or a search's teachers while they train). What a user needs from a search's
+    trials (reports, a failed trial's reason) reaches the driver through Tune."""
+    return {"log_to_driver": not quiet or progress or log is not None,
+            "logging_level": logging.ERROR if quiet else logging.INFO, "runtime_env": runtime_env()}
 
 
 def set_console(quiet: bool, log: Path | None, progress: bool = False) -> None:
@@ -110,7 +111,7 @@ def init_ray(address: str | None, quiet: bool = False, log: Path | None = None, 
     """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
     Prints one line saying which. ``quiet``, ``log``, ``progress``: see ``set_console``."""
     set_console(quiet, log, progress)
-    init_args = _init_args(quiet, progress)
+    init_args = _init_args(quiet, progress, log)
     key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:

@@ -20,6 +20,7 @@ from raykd.train.cluster import check_cluster_fits, init_ray
 from raykd.train.hooks import TrainHook
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
+from raykd.train.ray_console import raykd_line, showing
 from raykd.train.stage_checkpoints import as_uri, stages_uri
 from raykd.train.teachers import cached_teacher_dir, missing_teachers
 
@@ -154,7 +155,8 @@ def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path,
         print(f"[raykd] teacher {name!r} is not cached: training it now (once)", flush=True)
         # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
         run_name = cached_teacher_dir(exp, name).name
-        result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path, console=console)
+        with showing(raykd_line):  # its progress lines, even on a search's console (which shows none of its trials')
+            result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path, console=console)
         outcome = run_outcome(result)
         if outcome.diverged or result.checkpoint is None:
             why = outcome.diverged or "no checkpoint was written"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -98,6 +99,23 @@ def route_ray_output(log: Path | None, show: Callable[[str], bool] | None = None
         if name == _HANDLER and getattr(handler, "func", None) is _RAY_PRINT:
             dispatcher.remove_handler(_HANDLER)
             dispatcher.add_handler(_HANDLER, functools.partial(print_to_stdstream, **handler.keywords))
+
+
+@contextmanager
+def showing(show: Callable[[str], bool] | None) -> Iterator[None]:
+    """While the block runs, the lines ``show`` picks reach the terminal too (a search shows its
+    teachers' progress lines while they train, none of its trials' own); no effect without a route."""
+    with _lock:
+        route = _route
+        before = route.show if route is not None else None
+        if route is not None:
+            route.show = show
+    try:
+        yield
+    finally:
+        with _lock:
+            if route is not None:
+                route.show = before
 
 
 def ray_log() -> Path | None:
