@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/python -m raykd.tune search_spaces/demo.yaml
 
+# The whole suite, in two pytest processes side by side: the unit tests keep one core busy while the
+# e2e tests mostly wait on Ray (start-up, polling, the searches' own 1-CPU trials). Each has its own
+# temporary folder; the unit tests' report follows the e2e tests'; either failing fails the target.
 test: install
-	$(BIN)/python -m pytest -q --durations=25 tests
+	@unit_log=$$(mktemp); unit_tmp=$$(mktemp -d); e2e_tmp=$$(mktemp -d); \
+	$(BIN)/python -m pytest -q -m "not e2e" --basetemp=$$unit_tmp tests > $$unit_log 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest -q -m e2e --durations=25 --basetemp=$$e2e_tmp tests; e2e_rc=$$?; \
+	wait $$unit; unit_rc=$$?; echo "==== unit tests (run beside the e2e tests) ===="; cat $$unit_log; \
+	rm -rf $$unit_log $$unit_tmp $$e2e_tmp; test $$e2e_rc -eq 0 -a $$unit_rc -eq 0
 
 # The unit tests only (no Ray cluster, search or CLI run end to end): minutes, for your own loop.
 test-fast: install
