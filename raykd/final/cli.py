@@ -184,7 +184,7 @@ def validate(args: argparse.Namespace, promo: Promotion) -> dict[str, Any]:
     ensure_ray(quiet=not args.verbose, log=out / "ray.log")
     if not args.verbose:
         print(f"[raykd] Ray's own output goes to {out / 'ray.log'}; --verbose shows it here", flush=True)
-    run_id = start_validation_run(tracker, cands, specs, seeds, out, promo.parent_run_id, f"validation {out.parent.name}")
+    run_id = start_validation_run(tracker, cands, specs, seeds, args.top_k, out, promo.parent_run_id, f"validation {out.parent.name}")
     try:
         summary = run_validation(cands, specs, seeds, metric, mode, out, table, tracker, run_id, register)
     except KeyboardInterrupt:

@@ -69,7 +69,7 @@ def run_finalists(space: SearchSpace, rows: list[dict[str, Any]], variants: dict
     out = results_dir / FINALISTS_DIR
     run_id = search_run.state.get("finalists_run_id") if resume else None
     if run_id is None:
-        run_id = start_validation_run(tracker, cands, specs, seeds, out, search_run.run_id, f"finalists {results_dir.name}")
+        run_id = start_validation_run(tracker, cands, specs, seeds, top_k, out, search_run.run_id, f"finalists {results_dir.name}")
         search_run.update(finalists_run_id=run_id)
     else:
         tracker.reopen(run_id)
