@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +17,102 @@ from raykd.common.errors import ConfigError, Diverged
 from raykd.common.files import write_json_atomic
 from raykd.config import MethodSpec
 from raykd.eval.coco import METRIC_NAMES
-from raykd.tracking.lifecycle import RunStatus
+from raykd.final.resolve import Promotion, build_spec, check_checkpoint, default_out
+from raykd.tracking.lifecycle import RunStatus, TrackedRun
 from raykd.tracking.store import (
+    KIND_TAG,
     METHOD_TAG,
+    NOTE_TAG,
+    OUT_DIR_TAG,
     REGISTERED_MODEL_TAG,
     REGISTERED_VERSION_TAG,
     RUN_ID_TAG,
+    SEARCH_PARENT_TAG,
+    SEARCH_TRIAL_RUN_TAG,
     TRIAL_TAG,
     VALIDATION_RUN_TAG,
+    Tracker,
 )
-from raykd.train.layout import STUDENT_FILE
+from raykd.train.layout import STUDENT_FILE, latest_checkpoint
 from raykd.train.stages import stage_teachers
 
 FINAL_STATE_FILE = "final_state.json"  # the MLflow run of this final run (what --resume reopens)
 CONFIG_FILE = "final_config.yaml"  # the resolved configuration (also an MLflow artifact)
 SUMMARY_FILE = "final.json"
+
+
+@dataclass(frozen=True)
+class FinalOptions:
+    """What ``raykd.final`` is asked to do (its command-line options; see ``raykd.final.cli``)."""
+
+    input: str
+    trial: str | None = None
+    schedule: str = "full"
+    workers: int | None = None
+    seed: int | None = None
+    tracking_uri: str | None = None
+    out: Path | None = None
+    resume: bool = False
+    init: Path | None = None
+    baseline: bool = False
+    top_k: int = 1
+    seeds: int = 1
+    verbose: bool = False
+
+
+def final_run(promo: Promotion, opts: FinalOptions) -> dict[str, Any]:
+    """Retrain the promoted trial (``--resume``: continue a stopped one), as one MLflow run that ends
+    FINISHED, FAILED or KILLED; register its student. Returns ``train_and_register``'s summary plus
+    ``out``. Everything is checked before anything is written."""
+    spec = build_spec(promo, opts.schedule, opts.workers, opts.seed, opts.init)
+    trial, exp = promo.trial, spec.experiment
+    if opts.resume and spec.resources.workers == 0:
+        raise ConfigError("--resume", "", "Ray Train's local mode (workers 0) does not resume from checkpoints; "
+                          "final runs that may need resuming take --workers 1 or more")
+    run_name = f"final-{trial.trial_id}"
+    out = (opts.out or default_out(promo)).expanduser().resolve()
+    config = {"trial": trial.model_dump(mode="json", exclude_none=True), "spec": spec.to_dict()}
+    state = resumable_state(out, run_name, config, opts.resume)
+    if state is not None and (ckpt := latest_checkpoint(out / "ray" / run_name)) is not None:
+        check_checkpoint(exp, ckpt / STUDENT_FILE, str(ckpt))
+    uri = opts.tracking_uri or (state or {}).get("tracking_uri") or promo.tracking_uri or exp.tracking_uri
+    tracker = Tracker(uri, "--tracking-uri")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    run_id = _open_final_run(tracker, promo, spec, out, state)
+    state = {"run_id": run_id, "tracking_uri": uri, "trial_id": trial.trial_id}
+    print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}, "
+          f"seed {spec.seed}) -> {out}", flush=True)
+    try:
+        with TrackedRun(tracker, run_id, out / FINAL_STATE_FILE, state):
+            summary = train_and_register(promo, spec, out, tracker, run_id, baseline=opts.baseline,
+                                         verbose=opts.verbose)
+    except KeyboardInterrupt:
+        print(f"\nfinal run stopped; continue it with: python -m raykd.final {opts.input} --resume --out {out}",
+              file=sys.stderr)
+        raise
+    return {**summary, "out": out}
+
+
+def _open_final_run(tracker: Tracker, promo: Promotion, spec, out: Path, state: dict[str, Any] | None) -> str:
+    """The final run's MLflow run: reopened on --resume, else started with its links and params."""
+    if state is not None:
+        tracker.reopen(state["run_id"])
+        return state["run_id"]
+    trial = promo.trial
+    tags = {KIND_TAG: "final", TRIAL_TAG: trial.trial_id, OUT_DIR_TAG: str(out)}
+    if promo.parent_run_id:
+        tags[SEARCH_PARENT_TAG] = promo.parent_run_id
+    if trial.mlflow and trial.mlflow.run_id:
+        tags[SEARCH_TRIAL_RUN_TAG] = trial.mlflow.run_id
+    # The description links the search and the trial this run retrains (the UI renders it).
+    tags[NOTE_TAG] = tracker.note_with_links(
+        f"Final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}).",
+        {"search": promo.parent_run_id, "trial": trial.mlflow.run_id if trial.mlflow else None})
+    run_id = tracker.start_run(spec.experiment.name, f"final {trial.trial_id} {spec.method.name}", tags)
+    tracker.log_params(run_id, run_params(spec, trial))
+    return run_id
 
 
 # Run-spec fields older raykd versions saved and this one no longer has, with the value that meant
