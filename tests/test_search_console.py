@@ -3,6 +3,7 @@ Ray's and Tune's own output with --verbose), each trial's timeline and the searc
 breakdown: real tiny searches in a subprocess, as a user runs them."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,18 +20,20 @@ RAY_INTERNALS = ("TrainController", "PlacementGroupCleaner", "core_worker.cc", "
 LABEL = r"feature λ=[\d.e+-]+"
 
 
-def tune(tmp, space: str, *options: str):
+def tune(tmp, space: str, *options: str, env: dict[str, str] | None = None):
     uri = f"sqlite:///{tmp}/mlflow.db"
     cmd = [sys.executable, "-m", "raykd.tune", str(TESTS / "data" / space), "--results-dir", str(tmp / "results"),
            "--tracking-uri", uri, *options]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, tmp / "results", uri
 
 
 @pytest.fixture(scope="module")
 def quiet(tmp_path_factory):
-    return tune(tmp_path_factory.mktemp("quiet"), "console_space.yaml", "--table-every", "0")
+    tmp = tmp_path_factory.mktemp("quiet")
+    # A cache of its own: the search trains its teacher first, whatever other tests cached.
+    return tune(tmp, "console_space.yaml", "--table-every", "0", env={"RAYKD_CACHE": str(tmp / "cache")})
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,12 @@ def test_quiet_search_prints_one_line_per_trial_event(quiet):
     # trial ends in exactly one of the two lines, in its format.
     assert sorted(stopped + finished) == ["1", "2", "3", "4"]
     assert re.search(r"^--- trials: .*\d done", out, re.M)  # the table of trials
+    # The teacher trained first shows its progress (its workers' raykd lines), then the trials alone do.
+    teacher = out.index("[raykd] teacher 'big' is not cached: training it now (once)")
+    cached = out.index("[raykd] teacher 'big' cached at ")
+    progress = re.findall(r"^\[raykd\] stage 1/1 none (?:epoch 1/1 iter \d/4 loss|epoch 1/1 done: AP)", out, re.M)
+    assert len(progress) == 3 and teacher < out.index(progress[0]) < cached < out.index("trial 1 ")
+    assert out.count("[raykd] stage") == 3
     assert re.search(r"^\d+% of trial-slot time outside training/eval/warm-up steps \(\d+% counting ICD-style warm-up "
                      r"as overhead\); per trial \(mean\): worker group start", out, re.M)
 
