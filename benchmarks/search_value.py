@@ -153,12 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("runs") / "search_value")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = []
+    raw = OUT / "search_value.json"
+    # Results of other (space, mode) pairs measured by earlier invocations are kept.
+    results = json.loads(raw.read_text()) if raw.is_file() else []
     for name in args.spaces:
         for mode in args.modes:
+            results = [r for r in results if (r["space"], r["mode"]) != (name, mode)]
             results.append(run_one(name, mode, args.work.resolve()))
             rank_agreement(results)
-            (OUT / "search_value.json").write_text(json.dumps(results, indent=2))
+            raw.write_text(json.dumps(results, indent=2))
     print(table(results))
 
 
