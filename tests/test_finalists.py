@@ -91,6 +91,26 @@ def test_finalists_give_the_verdict_with_paired_figures(full_rungs_search):
     assert best.method.model_dump(exclude_none=True) == winner["method"]
 
 
+def test_final_after_the_finalists_registers_their_run_instead_of_training_it(full_rungs_search, tmp_path, capsys):
+    """``raykd.final RESULTS`` right after a search with finalists: the winner's full-schedule run on
+    the trial's seed exists already (trained by the finalists, or the search trial they reused)."""
+    from raykd.final import main
+
+    outcome, uri, _ = full_rungs_search
+    f = json.loads((outcome.results_dir / "search.json").read_text())["finalists"]
+    winner = next(r for r in f["rows"] if r["candidate"] == f["winner"])
+    best = load_trial_config(outcome.results_dir / "best.yaml")
+    out = tmp_path / "final"
+    summary = main([str(outcome.results_dir), "--out", str(out), "--tracking-uri", uri])
+    assert "not trained again" in capsys.readouterr().out
+    assert not (out / "ray" / f"final-{best.trial_id}").exists()  # no Ray Train run of its own
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert summary["history"][-1]["loss"] == pytest.approx(winner["per_seed"]["0"], rel=1e-12)
+    c, (final,) = runs(uri, "final")
+    assert final.info.status == "FINISHED" and final.data.tags["raykd.registered_model"]
+    assert (out / "student.pth").is_file() and summary["model"]["version"]
+
+
 def test_a_search_stopped_in_its_finalists_resumes_them(tmp_path, ray_cluster):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, metavar="CKPT", help="start the student from this state_dict (student.pth)")
     p.add_argument("--baseline", action="store_true",
                    help="also train the student alone (method none) at the same schedule, for the table")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the trial even when the search's finalists already trained this run "
+                        "(full schedule, this seed, the trial's workers)")
     p.add_argument("--top-k", type=int, default=1, metavar="K",
                    help="validate the search: retrain its K best trials (default 1: the best trial only)")
     p.add_argument("--seeds", type=int, default=1, metavar="S",

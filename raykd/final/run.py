@@ -55,6 +55,7 @@ class FinalOptions:
     resume: bool = False
     init: Path | None = None
     baseline: bool = False
+    retrain: bool = False
     top_k: int = 1
     seeds: int = 1
     verbose: bool = False
@@ -84,15 +85,31 @@ def final_run(promo: Promotion, opts: FinalOptions) -> dict[str, Any]:
     state = {"run_id": run_id, "tracking_uri": uri, "trial_id": trial.trial_id}
     print(f"[raykd] final run of trial {trial.trial_id} ({spec.method.name}, {spec.schedule.text()}, "
           f"seed {spec.seed}) -> {out}", flush=True)
+    reuse = _finalists_run(promo, spec, opts)
+    if reuse is not None:
+        print(f"[raykd] the search's finalists trained exactly this run ({reuse}): it is recorded and registered, "
+              "not trained again (--retrain trains it anyway)", flush=True)
     try:
         with TrackedRun(tracker, run_id, out / FINAL_STATE_FILE, state):
             summary = train_and_register(promo, spec, out, tracker, run_id, baseline=opts.baseline,
-                                         verbose=opts.verbose)
+                                         verbose=opts.verbose, reuse=reuse)
     except KeyboardInterrupt:
         print(f"\nfinal run stopped; continue it with: python -m raykd.final {opts.input} --resume --out {out}",
               file=sys.stderr)
         raise
     return {**summary, "out": out}
+
+
+def _finalists_run(promo: Promotion, spec, opts: FinalOptions) -> Path | None:
+    """The checkpoint of the search finalists' run of this trial at the full schedule on this seed
+    with the trial's own resources, if they trained one (their runs are full final runs)."""
+    if promo.results_dir is None or opts.retrain or opts.resume or opts.init or opts.workers is not None:
+        return None
+    if spec.schedule != spec.experiment.schedules.full:
+        return None
+    from raykd.search.finalists import finalist_checkpoint  # imports Ray Tune: only where it may be used
+
+    return finalist_checkpoint(promo.results_dir, promo.trial.trial_id, spec.seed)
 
 
 def _open_final_run(tracker: Tracker, promo: Promotion, spec, out: Path, state: dict[str, Any] | None) -> str:
@@ -186,10 +203,39 @@ def _log_history(tracker, run_id: str, history: list[dict[str, Any]], prefix: st
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in h.items() if k != "epoch"}, step)
 
 
+def _trained(result, out: Path):
+    """A finished Ray Train run's outcome; its student copied to ``out``."""
+    from raykd.train.launch import run_outcome
+
+    outcome = run_outcome(result)
+    if not outcome.diverged:
+        with result.checkpoint.as_directory() as d:
+            shutil.copy(Path(d) / STUDENT_FILE, out / STUDENT_FILE)
+    return outcome
+
+
+def _reused(checkpoint: Path, spec, out: Path):
+    """The outcome of a run the search's finalists already trained (its last checkpoint holds the
+    history); its student copied to ``out``."""
+    import torch
+
+    from raykd.train.launch import RunOutcome
+    from raykd.train.layout import TRAIN_STATE_FILE
+    from raykd.train.stage_checkpoints import stage_summaries
+    from raykd.train.stages import plan_stages
+
+    history = torch.load(checkpoint / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)["history"]
+    stages = plan_stages(spec)
+    shutil.copy(checkpoint / STUDENT_FILE, out / STUDENT_FILE)
+    return RunOutcome(history, None, stage_summaries(history, stages, [None] * len(stages)))
+
+
 def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: bool = False,
-                       verbose: bool = False) -> dict[str, Any]:
+                       verbose: bool = False, reuse: Path | None = None) -> dict[str, Any]:
     """Train ``spec``, log it to ``run_id``, register the student; ``baseline`` also trains the student alone.
-    ``verbose``: Ray's own output on the terminal too (else in ``out``/ray.log)."""
+    ``verbose``: Ray's own output on the terminal too (else in ``out``/ray.log). ``reuse``: the
+    checkpoint of a run of exactly this spec the search's finalists trained: recorded and
+    registered instead of trained again."""
     # MLflow's model registry and Ray Train load here, when a run starts: importing them with this
     # module would cost raykd.final's every start, and a bad input's exit, about 1.7 s more.
     from raykd.tracking.registry import register_student, registered_name
@@ -198,18 +244,18 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
     teachers = stage_teachers(spec)
     console = RunConsole(out / "ray.log", verbose)
-    ensure_teachers(exp, teachers, ray_dir, console)
-    result = run_training(spec, f"final-{trial.trial_id}", ray_dir, console=console)
-    outcome = run_outcome(result)
+    if reuse is not None:
+        outcome = _reused(reuse, spec, out)
+    else:
+        ensure_teachers(exp, teachers, ray_dir, console)
+        outcome = _trained(run_training(spec, f"final-{trial.trial_id}", ray_dir, console=console), out)
     _log_history(tracker, run_id, outcome.history)
     if outcome.diverged:
         raise Diverged(outcome.diverged)
     history = outcome.history
-    final = dict(history[-1] if history else result.metrics)
+    final = dict(history[-1] if history else {})
     final_metrics = {k: float(final[k]) for k in METRIC_NAMES if k in final}
     last_epoch = int(final.get("epoch", 0))
-    with result.checkpoint.as_directory() as d:
-        shutil.copy(Path(d) / STUDENT_FILE, out / STUDENT_FILE)
     tracker.log_file(run_id, out / STUDENT_FILE)
     tracker.log_file(run_id, out / CONFIG_FILE)
 

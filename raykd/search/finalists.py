@@ -7,17 +7,20 @@ runs are ``raykd.final --top-k``'s (raykd.search.validation_runs)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from raykd.config.run import RunSpec
 from raykd.config.trial import TrialConfig
-from raykd.search.validation import Candidate, candidates, run_key
+from raykd.search.layout import TRAIN_DIR, trial_run_name, validation_run_name
+from raykd.search.validation import Candidate, candidate_key, candidates, run_key
 from raykd.search.validation_runs import ReusedRun, run_validation, start_validation_run
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.lifecycle import TrackedRun
 from raykd.tracking.store import Tracker
 from raykd.train.hooks import TrainHook
+from raykd.train.layout import latest_checkpoint
 
 FINALISTS_DIR = "finalists"  # their Tune session and Ray Train runs, inside the results directory
 FINALISTS_FILE = "finalists.json"  # their table, verdict and compute
@@ -91,3 +94,20 @@ def winner_trial(summary: dict[str, Any], cands: list[Candidate]) -> TrialConfig
         return win.trial
     mlflow = win.trial.mlflow.model_copy(update={"run_id": None}) if win.trial.mlflow else None
     return win.trial.model_copy(update={"trial_id": win.key, "method": win.method, "metrics": {}, "mlflow": mlflow})
+
+
+def finalist_checkpoint(results_dir: Path, trial_id: str, seed: int) -> Path | None:
+    """The newest checkpoint of the finalists' full-schedule run of ``trial_id`` (a search trial's id,
+    or ``defaults``: what ``best.yaml`` names) on ``seed``, when the search's finalists have one that
+    finished: the run they trained, or the search trial they reused. None otherwise."""
+    path = results_dir / FINALISTS_FILE
+    if not path.is_file():
+        return None
+    runs = json.loads(path.read_text()).get("runs", {})
+    key = run_key(candidate_key(trial_id), seed)
+    run = runs.get(key)
+    if run is None or run.get("error"):
+        return None
+    if run.get("reused"):
+        return latest_checkpoint(results_dir / TRAIN_DIR / trial_run_name(run["trial_id"]))
+    return latest_checkpoint(results_dir / FINALISTS_DIR / TRAIN_DIR / validation_run_name(key))

@@ -13,6 +13,17 @@ TRIALS_FILE = "trials.yaml"  # every scored trial, best first: rank, epochs reac
 PARETO_FILE = "pareto.yaml"  # multi-objective searches: the non-dominated finished trials, with TrialConfigs
 PARETO_PLOT = "plots/pareto_front.png"  # and their plot (also on the MLflow parent run)
 STATE_KEYS = ("space", "parent_run_id", "status")  # what --resume reads from SEARCH_STATE_FILE
+TRAIN_DIR = "train"  # the Ray Train runs: a search's trials, and a validation's runs inside its folder
+
+
+def trial_run_name(trial_id: str) -> str:
+    """A trial's Ray Train run, ``<results dir>/train/<name>``: stable, so a resumed trial continues it."""
+    return f"trial-{trial_id}"
+
+
+def validation_run_name(key: str) -> str:
+    """A validation's (or the finalists') run of ``<candidate>-s<seed>``, ``<its folder>/train/<name>``."""
+    return f"validate-{key}"
 
 
 def read_state(results_dir: Path) -> dict[str, Any]:

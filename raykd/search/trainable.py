@@ -10,6 +10,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd.common.errors import Diverged
 from raykd.config.run import RunSpec
+from raykd.search.layout import TRAIN_DIR, trial_run_name
 from raykd.spaces.sampling import trial_method, trial_student
 from raykd.spaces.schema import SearchSpace
 from raykd.train.hooks import TrainHook
@@ -35,7 +36,7 @@ def run_trial(
     spec = trial_spec(space, config)
     # A stable name per trial: after an interruption Ray Train resumes it from its last checkpoint.
     stage_cache = Path(results_dir) / "stage_cache" if space.search.reuse_stage_prefixes else None
-    train_reporting_to_tune(spec, f"trial-{trial_id}", Path(results_dir) / "train", worker_retries, stage_cache,
+    train_reporting_to_tune(spec, trial_run_name(trial_id), Path(results_dir) / TRAIN_DIR, worker_retries, stage_cache,
                             train_hooks)
 
 

@@ -48,7 +48,7 @@ def candidates(rows: list[dict[str, Any]], top_k: int, source: str, student_alon
         raise ConfigError("--top-k", "", f"the search scored {len(rows)} trials, fewer than {top_k} ({source})")
     trials = [TrialConfig(**r["trial"]) for r in rows[:top_k]]
     found = [
-        Candidate(f"trial-{t.trial_id}", f"trial {t.trial_id} {describe_method(t.method)}", t.method, t,
+        Candidate(candidate_key(t.trial_id), f"trial {t.trial_id} {describe_method(t.method)}", t.method, t,
                   float(r["score"]), int(r["epoch"]))
         for t, r in zip(trials, rows, strict=False)
     ]
@@ -85,6 +85,12 @@ def required_params(name: str) -> set[str]:
 def describe_method(method: MethodSpec) -> str:
     params = " ".join(f"{k}={shown(v)}" for k, v in flatten(method.params).items())
     return f"{method.name}{' ' + params if params else ''}"
+
+
+def candidate_key(trial_id: str) -> str:
+    """A candidate's key: ``trial-<id>`` for a search trial, ``defaults`` for the method's defaults
+    (what ``best.yaml`` names as its trial id when the defaults win)."""
+    return trial_id if trial_id == DEFAULTS else f"trial-{trial_id}"
 
 
 def run_key(candidate: str, seed: int) -> str:

@@ -17,6 +17,7 @@ from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig
 from raykd.search.console import TrialEvents, quiet_tune
+from raykd.search.layout import TRAIN_DIR, validation_run_name
 from raykd.search.trainable import train_reporting_to_tune
 from raykd.search.tune_callback import MLflowTrialLogger
 from raykd.search.tune_session import (
@@ -51,7 +52,7 @@ def validation_run(config: dict[str, Any], specs: dict[str, dict[str, Any]], sto
     """A Tune trial: the Ray Train run of one (candidate, seed). Its stable name lets a resumed
     session continue it from its last checkpoint."""
     key = config["run"]
-    train_reporting_to_tune(RunSpec.from_dict(specs[key]), f"validate-{key}", Path(storage), WORKER_RETRIES,
+    train_reporting_to_tune(RunSpec.from_dict(specs[key]), validation_run_name(key), Path(storage), WORKER_RETRIES,
                             train_hooks=train_hooks)
 
 
@@ -107,7 +108,7 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
     ensure_ray()
     check_cluster_fits(first.resources, exp.source)
     teachers = list(dict.fromkeys(t for s in todo.values() for t in stage_teachers(s)))
-    ensure_teachers(exp, teachers, out / "train")
+    ensure_teachers(exp, teachers, out / TRAIN_DIR)
     logger = MLflowTrialLogger(tracker, exp.name, parent, first.schedule.epochs or 0, _describe(cands, specs, tracker, parent),
                                label=lambda config: config["run"])
     with TrackedRun(tracker, parent, on_unfinished=logger.mark_unfinished) as run:
@@ -135,7 +136,7 @@ def run_validation(cands: list[Candidate], specs: dict[str, RunSpec], seeds: lis
         elif register is not None:
             key = _best_trained_seed(summary, mode, results)
             r = results[key]
-            student = _copy_student(out / "train" / f"validate-{key}", out)
+            student = _copy_student(out / TRAIN_DIR / validation_run_name(key), out)
             summary["registered"] = register(key, logger.runs.get(r.metrics["trial_id"]), student,
                                              {k: float(v) for k, v in r.metrics.items() if k.startswith("bbox_")})
         write_json_atomic(table, summary)
@@ -158,7 +159,7 @@ def _run_labels(cands: list[Candidate], specs: dict[str, RunSpec]):
 def _tuner(specs: dict[str, RunSpec], out: Path, callbacks: list[Any], resume: bool,
            train_hooks: list[TrainHook] | None):
     trainable = tune.with_resources(
-        tune.with_parameters(validation_run, specs={k: s.to_dict() for k, s in specs.items()}, storage=str(out / "train"),
+        tune.with_parameters(validation_run, specs={k: s.to_dict() for k, s in specs.items()}, storage=str(out / TRAIN_DIR),
                              train_hooks=train_hooks),
         trial_driver_resources(),
     )
