@@ -166,3 +166,25 @@ def test_summary_metrics_name_the_numbers_a_parent_run_shows():
     assert {"finalists_seed_noise", "finalists_winner_vs_defaults_mean_diff", "finalists_winner_vs_defaults_wins",
             "finalists_winner_vs_defaults_p_value", "finalists_trial-a_mean"} <= set(m)
     assert m["finalists_winner_vs_defaults_wins"] == 2.0
+
+
+def test_finalist_checkpoint_is_the_run_the_finalists_trained_or_the_trial_they_reused(tmp_path):
+    import json
+
+    from raykd.search.finalists import FINALISTS_FILE, finalist_checkpoint
+
+    def checkpoint(run_dir):
+        (run_dir / "checkpoint_000003").mkdir(parents=True)
+        (run_dir / "checkpoint_000003" / "student.pth").write_bytes(b"")
+        return run_dir / "checkpoint_000003"
+
+    trained = checkpoint(tmp_path / "finalists" / "train" / "validate-trial-ab12-s1")
+    reused = checkpoint(tmp_path / "train" / "trial-cd34")
+    runs = {"trial-ab12-s1": {"trial_id": "x", "error": None}, "defaults-s0": {"trial_id": "cd34", "error": None, "reused": True},
+            "trial-ab12-s0": {"trial_id": "y", "error": "RayTaskError: worker died"}}
+    assert finalist_checkpoint(tmp_path, "ab12", 1) is None  # no finalists.json: not a finalists search
+    (tmp_path / FINALISTS_FILE).write_text(json.dumps({"runs": runs}))
+    assert finalist_checkpoint(tmp_path, "ab12", 1) == trained
+    assert finalist_checkpoint(tmp_path, "defaults", 0) == reused
+    assert finalist_checkpoint(tmp_path, "ab12", 0) is None  # that run failed
+    assert finalist_checkpoint(tmp_path, "ab12", 2) is None  # no such seed
