@@ -12,6 +12,7 @@ terminal only raykd's progress lines (single runs: a worker's ``[raykd] ...`` li
 
 from __future__ import annotations
 
+import atexit
 import functools
 import sys
 import threading
@@ -81,6 +82,15 @@ def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool = False) -> Non
             route.write(data)
             return
     _RAY_PRINT(data, ignore_prefix=ignore_prefix)
+
+
+def _close_route() -> None:
+    with _lock:
+        if _route is not None:
+            _route.close()
+
+
+atexit.register(_close_route)  # the log is closed before the interpreter exits, not collected unclosed
 
 
 def route_ray_output(log: Path | None, show: Callable[[str], bool] | None = None) -> None:
