@@ -108,15 +108,3 @@ def test_a_quiet_driver_with_a_log_forwards_worker_logs_and_one_without_does_not
     assert not _init_args(quiet=True)["log_to_driver"]
     assert _init_args(quiet=False)["log_to_driver"]
 
-
-def test_the_log_is_closed_at_exit_without_a_resource_warning(tmp_path):
-    """The demo's last terminal line was once "ResourceWarning: unclosed file ... ray.log"."""
-    import subprocess
-    import sys
-
-    code = ("from raykd.train import ray_console as rc; "
-            f"rc.route_ray_output({str(tmp_path / 'ray.log')!r}); rc.print_to_stdstream({CLUSTER!r})")
-    proc = subprocess.run([sys.executable, "-W", "always::ResourceWarning", "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0 and "ResourceWarning" not in proc.stderr, proc.stderr
-    assert "8 PYTHON worker processes" in (tmp_path / "ray.log").read_text()
