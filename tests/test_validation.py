@@ -186,5 +186,7 @@ def test_finalist_checkpoint_is_the_run_the_finalists_trained_or_the_trial_they_
     (tmp_path / FINALISTS_FILE).write_text(json.dumps({"runs": runs}))
     assert finalist_checkpoint(tmp_path, "ab12", 1) == trained
     assert finalist_checkpoint(tmp_path, "defaults", 0) == reused
+    assert finalist_checkpoint(tmp_path, "cd34", 0) == reused  # best.yaml names the search's defaults trial by id
+    assert finalist_checkpoint(tmp_path, "cd34", 1) is None  # the defaults on seed 1 were not that trial
     assert finalist_checkpoint(tmp_path, "ab12", 0) is None  # that run failed
     assert finalist_checkpoint(tmp_path, "ab12", 2) is None  # no such seed

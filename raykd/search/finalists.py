@@ -14,7 +14,7 @@ from typing import Any
 from raykd.config.run import RunSpec
 from raykd.config.trial import TrialConfig
 from raykd.search.layout import TRAIN_DIR, trial_run_name, validation_run_name
-from raykd.search.validation import Candidate, candidate_key, candidates, run_key
+from raykd.search.validation import DEFAULTS, Candidate, candidate_key, candidates, run_key
 from raykd.search.validation_runs import ReusedRun, run_validation, start_validation_run
 from raykd.spaces.schema import SearchSpace
 from raykd.tracking.lifecycle import TrackedRun
@@ -105,6 +105,9 @@ def finalist_checkpoint(results_dir: Path, trial_id: str, seed: int) -> Path | N
         return None
     runs = json.loads(path.read_text()).get("runs", {})
     key = run_key(candidate_key(trial_id), seed)
+    defaults_run = runs.get(run_key(DEFAULTS, seed), {})
+    if key not in runs and defaults_run.get("reused") and defaults_run.get("trial_id") == trial_id:
+        key = run_key(DEFAULTS, seed)  # best.yaml names the search's defaults trial by its id
     run = runs.get(key)
     if run is None or run.get("error"):
         return None
