@@ -77,13 +77,12 @@ def _write(path: Path, data: dict) -> Path:
 def loader_cfg(exp, workers: int) -> dict[str, Any]:
     """mmengine's dataloader settings for the experiment's train split: the dataset and pipeline raykd
     builds (``raykd.data.loaders.build_datasets``), mmengine's own sampler and collate."""
-    from raykd.config.experiment import CocoData
-    from raykd.data.loaders import experiment_classes, resolve_data
-    from raykd.data.pipelines import experiment_pipelines, shapes_pipeline
+    from raykd.data.kinds import data_source
+    from raykd.data.loaders import experiment_classes
 
-    paths = resolve_data(exp.dataset)
-    pipeline = (experiment_pipelines(exp)[0] if isinstance(exp.dataset, CocoData)
-                else shapes_pipeline(paths.image_scale, True))
+    source = data_source(exp.dataset)
+    paths = source.paths()
+    pipeline = source.pipelines(exp)[0]  # the train pipeline raykd's own loader uses
     dataset = {"type": "CocoDataset", "data_root": "", "ann_file": str(paths.train.ann_file),
                "data_prefix": {"img": str(paths.train.img_dir) + "/"}, "metainfo": {"classes": experiment_classes(exp)},
                "filter_cfg": {"filter_empty_gt": False, "min_size": 0}, "pipeline": pipeline}
@@ -108,10 +107,13 @@ def runner_cfg(exp, iters: int, workers: int, work_dir: Path):
     o = exp.optim
     cfg.optim_wrapper = {"type": "OptimWrapper", "clip_grad": {"max_norm": o.grad_clip} if o.grad_clip else None,
                          "optimizer": {"type": "SGD", "lr": o.lr, "momentum": o.momentum, "weight_decay": o.weight_decay}}
-    # raykd's linear warm-up then cosine, per iteration, as mmengine schedules write it
-    cfg.param_scheduler = [{"type": "LinearLR", "start_factor": 1e-3, "by_epoch": False, "begin": 0, "end": o.warmup_iters},
-                           {"type": "CosineAnnealingLR", "by_epoch": False, "begin": o.warmup_iters, "end": iters,
-                            "eta_min_ratio": 0.05}]
+    # raykd's linear warm-up then cosine, per iteration, as mmengine schedules write it (a run shorter
+    # than the warm-up is all warm-up: mmengine refuses a scheduler that ends before it begins)
+    warmup = min(o.warmup_iters, iters)
+    cfg.param_scheduler = [{"type": "LinearLR", "start_factor": 1e-3, "by_epoch": False, "begin": 0, "end": warmup}]
+    if iters > warmup:
+        cfg.param_scheduler.append({"type": "CosineAnnealingLR", "by_epoch": False, "begin": warmup, "end": iters,
+                                    "eta_min_ratio": 0.05})
     cfg.default_hooks.checkpoint = None
     cfg.default_hooks.logger = {"type": "LoggerHook", "interval": 10**6}
     cfg.default_hooks.pop("visualization", None)
@@ -231,7 +233,7 @@ def train_runner(exp_path: Path, work: Path, tag: str, iters: int, workers: int)
 
 
 def compare_training(name: str, exp_path: Path, work: Path, iters: int, repeats: int) -> dict[str, Any]:
-    from raykd.data.pipelines import data_workers
+    from raykd.data.loaders import data_workers
     from raykd.load import load_experiment
 
     exp = load_experiment(exp_path)
