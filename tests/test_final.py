@@ -368,6 +368,7 @@ def test_validation_retrains_top_k_and_references_on_seeds(search):
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     parent = parent[0]
     assert parent.data.tags["raykd.search_parent_run_id"] == search["outcome"].parent_run_id
+    assert parent.data.tags["mlflow.parentRunId"] == search["outcome"].parent_run_id  # nested under the search
     assert "validation.json" in {a.path for a in c.list_artifacts(parent.info.run_id)}
     children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     seen = sorted((ch.data.params["candidate"], ch.data.params["seed"]) for ch in children)

@@ -85,6 +85,7 @@ def test_finalists_give_the_verdict_with_paired_figures(full_rungs_search):
     _, (validation,) = runs(uri, "validation")
     assert validation.info.status == "FINISHED"
     assert validation.data.tags["raykd.search_parent_run_id"] == parent.info.run_id
+    assert validation.data.tags["mlflow.parentRunId"] == parent.info.run_id  # nested under the search in the UI
     assert validation.data.params["top_k"] == "1"  # the defaults' reference trial is not one of the K
     best = load_trial_config(outcome.results_dir / "best.yaml")
     winner = next(r for r in f["rows"] if r["candidate"] == f["winner"])

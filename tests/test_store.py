@@ -45,6 +45,15 @@ def test_a_note_links_only_runs_of_this_store(uri):
     assert note == f"Final run.\n\n- search: [search demo 2026-01-02 03:04](#/experiments/{exp_id}/runs/{parent})"
 
 
+def test_holds_run_only_for_a_run_of_this_store_and_experiment(uri, tmp_path):
+    tracker = Tracker(uri)
+    run = tracker.start_run("tiny", "search x", {})
+    assert tracker.holds_run(run, "tiny")
+    assert not tracker.holds_run(run, "other")  # nesting across experiments hides the child in the UI
+    assert not tracker.holds_run("0" * 32, "tiny")
+    assert not Tracker(f"sqlite:///{tmp_path}/elsewhere.db").holds_run(run, "tiny")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -77,14 +77,16 @@ class ReusedRun:
 
 def start_validation_run(tracker: Tracker, cands: list[Candidate], specs: dict[str, RunSpec], seeds: list[int],
                          top_k: int, out: Path, search_parent: str | None, name: str) -> str:
-    """The MLflow run whose children are the validation's runs, linked to the search's parent run.
+    """The MLflow run whose children are the validation's runs, linked to the search's parent run,
+    and nested under it in the MLflow UI when that run is in the same store and experiment.
     ``top_k``: how many of the search's best trials it validates (a reference trial among the
     candidates is not one of them)."""
     first = next(iter(specs.values()))
     tags = {KIND_TAG: "validation", OUT_DIR_TAG: str(out)}
     if search_parent:
         tags[SEARCH_PARENT_TAG] = search_parent
-    parent = tracker.start_run(first.experiment.name, name, tags)
+    nest_under = search_parent if search_parent and tracker.holds_run(search_parent, first.experiment.name) else None
+    parent = tracker.start_run(first.experiment.name, name, tags, parent=nest_under)
     tracker.log_params(parent, {"top_k": top_k, "seeds": ",".join(map(str, seeds)),
                                 "candidates": ",".join(c.key for c in cands),
                                 "schedule": str(first.schedule.model_dump(exclude_none=True))})

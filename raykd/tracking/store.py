@@ -208,6 +208,16 @@ class Tracker:
                 lines.append(f"- {what}: [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run_id})")
         return "\n".join(lines).strip()
 
+    def holds_run(self, run_id: str, experiment: str) -> bool:
+        """Whether this store has run ``run_id`` in ``experiment``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.experiment_id == self.experiment_id(experiment)
+
     def children(self, experiment: str, parent: str) -> list:
         exp_id = self.experiment_id(experiment)
         return self.client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
