@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from benchmarks.common import DEMO, OUT, VARIANTS
+from benchmarks.common import DEMO, OUT, VARIANTS, machine, same_machine
 from benchmarks.kd_vs_student import measure
 from raykd.load import load_experiment
 from raykd.train.launch import ensure_teachers
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     now = measure(exp, args.method, args.seed, storage)
     same = now["bbox_mAP"] == recorded["bbox_mAP"]
     print(f"{key}: AP {now['bbox_mAP']!r} now, {recorded['bbox_mAP']!r} in ap.json: "
-          + ("identical" if same else "DIFFERENT: the table no longer matches the code"))
+          + ("identical" if same else "DIFFERENT: the table no longer matches the code on this machine"))
+    if not same:
+        print(f"{key}: {same_machine(recorded.get('machine'), machine())}")
     return 0 if same else 1
 
 

@@ -32,6 +32,34 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def machine() -> dict[str, str]:
+    """What a CPU run's float32 bits depend on besides the code: PyTorch picks its CPU kernels (ATen's
+    vectorised ones, oneDNN's convolutions) by the processor's instruction set, so the same run on an
+    AVX-512 and an AVX2 machine differs in the last bits, and 800 iterations turn that into AP."""
+    import torch
+
+    return {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def _cpu_model() -> str:
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+
+
+def same_machine(recorded: dict | None, now: dict) -> str:
+    """One line: whether a recorded run's machine can give the same bits as this one."""
+    if not recorded:
+        return "recorded without its machine (before session 10): the bits may differ by CPU alone"
+    keys = ("cpu_capability", "torch")
+    if all(recorded.get(k) == now[k] for k in keys):
+        return f"same kernels ({now['cpu_capability']}, torch {now['torch']})"
+    return ("other kernels: recorded on " + ", ".join(f"{recorded.get(k)}" for k in keys)
+            + ", now " + ", ".join(now[k] for k in keys) + ": the bits may differ by CPU alone")
+
+
 def save(name: str, data) -> Path:
     OUT.mkdir(exist_ok=True)
     path = OUT / name

@@ -14,7 +14,7 @@ import json
 import shutil
 import statistics
 
-from benchmarks.common import DEMO, OUT, VARIANTS, save
+from benchmarks.common import DEMO, OUT, VARIANTS, machine, save
 from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Schedule
 from raykd.load import load_experiment, validate_method
@@ -55,7 +55,7 @@ def measure(exp, name: str, seed: int, storage) -> dict:
     final = outcome["history"][-1] if outcome["history"] else {}
     stages = {k: v for k, v in final.items() if k.startswith("stage") and k.endswith("_bbox_mAP")}
     return {"bbox_mAP": final.get("bbox_mAP"), "bbox_mAP_50": final.get("bbox_mAP_50"),
-            "diverged": outcome["diverged"], "epochs": epochs, **stages}
+            "diverged": outcome["diverged"], "epochs": epochs, **stages, "machine": machine()}
 
 
 def table(exp, done: dict, names: list[str]) -> str:

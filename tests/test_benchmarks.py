@@ -65,3 +65,13 @@ def test_vs_mmdet_runner_side_trains_a_run_shorter_than_its_warm_up(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(out.read_text())
     assert got["iterations"] == 1 and got["train_s"] > 0
+
+
+def test_a_kd_row_check_says_whether_the_recorded_run_had_this_machines_kernels():
+    from benchmarks.common import machine, same_machine
+
+    now = machine()
+    assert now["cpu_capability"] and now["torch"]
+    assert same_machine(now, now).startswith("same kernels")
+    assert "may differ by CPU" in same_machine({**now, "cpu_capability": "AVX512" if now["cpu_capability"] != "AVX512" else "AVX2"}, now)
+    assert "recorded without its machine" in same_machine(None, now)
