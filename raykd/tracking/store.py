@@ -196,27 +196,25 @@ class Tracker:
     def note_with_links(self, text: str, runs: dict[str, str | None]) -> str:
         """A run description (markdown): ``text``, then a link per named run of this store, which the
         MLflow UI opens in place (a run id from another store gets no link; its tag still holds it)."""
-        from mlflow.exceptions import MlflowException
-
         lines = [text, ""]
         for what, run_id in runs.items():
-            try:
-                run = self.client.get_run(run_id) if run_id else None
-            except MlflowException:
-                run = None
-            if run is not None:
+            if (run := self._run_or_none(run_id)) is not None:
                 lines.append(f"- {what}: [{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run_id})")
         return "\n".join(lines).strip()
 
     def holds_run(self, run_id: str, experiment: str) -> bool:
         """Whether this store has run ``run_id`` in ``experiment``."""
+        run = self._run_or_none(run_id)
+        return run is not None and run.info.experiment_id == self.experiment_id(experiment)
+
+    def _run_or_none(self, run_id: str | None):
+        """The run ``run_id`` of this store, None when it has none (or no id is given)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self.client.get_run(run_id)
+            return self.client.get_run(run_id) if run_id else None
         except MlflowException:
-            return False
-        return run.info.experiment_id == self.experiment_id(experiment)
+            return None
 
     def children(self, experiment: str, parent: str) -> list:
         exp_id = self.experiment_id(experiment)
