@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
 import yaml
 
 from benchmarks.common import DEMO, OUT
+from raykd.search.layout import SEARCH_STATE_FILE
 
 SEARCH_BUDGET_TRAININGS = 4  # (a), (b): the search itself at most ~4 full trainings' worth of trial-epochs
 FINALISTS = {"top_k": 2, "seeds": 3}
@@ -76,13 +78,27 @@ def config_key(method: dict) -> str:
                       sort_keys=True)
 
 
+def interrupted_before(results_dir: Path) -> bool:
+    """True: an earlier invocation's search of this (space, mode) was interrupted (resume it); a
+    finished or failed one is removed (measured again from the start)."""
+    state = results_dir / SEARCH_STATE_FILE
+    if state.is_file() and json.loads(state.read_text()).get("status") == "interrupted":
+        return True
+    shutil.rmtree(results_dir, ignore_errors=True)
+    return False
+
+
 def run_one(name: str, mode: str, work: Path) -> dict:
     from raykd.search.runner import compute_spent, run_search
     from raykd.spaces import load_space
 
     space = load_space(space_file(name, mode, work))
+    results_dir = work / f"{name}_{mode}"
+    resume = interrupted_before(results_dir)
     t0 = time.perf_counter()
-    outcome = run_search(space, work / f"{name}_{mode}", tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    outcome = run_search(space, results_dir, resume=resume, tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    if outcome.interrupted:  # no ranking written: the same command resumes it
+        raise SystemExit(f"search_value: the {name}/{mode} search was interrupted; the same command resumes it")
     f = outcome.finalists or {}
     trials = yaml.safe_load((outcome.results_dir / "trials.yaml").read_text())["trials"]
     by_key = {r["candidate"]: r for r in f.get("rows", [])}

@@ -75,3 +75,15 @@ def test_a_kd_row_check_says_whether_the_recorded_run_had_this_machines_kernels(
     assert same_machine(now, now).startswith("same kernels")
     assert "may differ by CPU" in same_machine({**now, "cpu_capability": "AVX512" if now["cpu_capability"] != "AVX512" else "AVX2"}, now)
     assert "recorded without its machine" in same_machine(None, now)
+
+
+def test_search_value_resumes_an_interrupted_search_and_restarts_any_other(tmp_path):
+    from benchmarks.search_value import interrupted_before
+
+    for status, resumed in (("interrupted", True), ("finished", False), ("failed", False)):
+        folder = tmp_path / status
+        folder.mkdir()
+        (folder / "search.json").write_text(json.dumps({"status": status}))
+        assert interrupted_before(folder) is resumed
+        assert folder.exists() is resumed  # a search measured again starts from an empty folder
+    assert interrupted_before(tmp_path / "never-run") is False
