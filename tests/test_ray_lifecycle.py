@@ -121,3 +121,13 @@ def test_amp_choices_and_true_means_fp16(given, meant):
 def test_unknown_amp_is_refused():
     with pytest.raises(ValueError, match="bf16"):
         Resources(amp="fp8")
+
+
+def test_ray_train_settings_default_and_the_users_value_wins(monkeypatch):
+    from raykd.train.cluster import train_env
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # e.g. on a cluster of spot nodes
+    assert train_env()["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"

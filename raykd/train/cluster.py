@@ -100,11 +100,17 @@ def runtime_env() -> dict[str, Any]:
     return {"env_vars": train_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
+# Ray Train starts a preemption watcher actor (one more process) with every run: it polls the GCS for
+# draining nodes, logs them and marks the workers, which only a loop that reads
+# ``ray.train.get_preemption_info`` acts on. raykd's loop does not (a lost node is a worker failure,
+# retried from the last checkpoint), so its runs start without it.
+TRAIN_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def train_env() -> dict[str, str]:
     """Environment of this job's Ray processes (Ray Train's controllers read theirs); a value the
     user set wins."""
-    name = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-    return {name: os.environ.get(name, TRAIN_POLL_S)}
+    return {name: os.environ.get(name, default) for name, default in TRAIN_DEFAULTS.items()}
 
 
 def init_ray(address: str | None, quiet: bool = False, log: Path | None = None, progress: bool = False) -> None:
