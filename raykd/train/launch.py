@@ -11,6 +11,7 @@ from typing import Any
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
 from raykd.common.cache import build_once
 from raykd.common.errors import ConfigError
@@ -52,6 +53,19 @@ class RunConsole:
                   "--verbose shows it here", flush=True)
 
 
+class RaykdTrainer(TorchTrainer):
+    """Ray Train's ``TorchTrainer`` without its Ray Data plumbing when a run has no Ray Datasets.
+    Ray Train 2.60 starts a ``DatasetManager`` actor (one more process, importing Ray Data) with every
+    run, datasets or not; raykd's workers load their data themselves (``raykd.data``) and pass none,
+    so their runs start without it. Ray is pinned: the tests assert that no such actor starts."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
 def build_trainer(
     spec: RunSpec,
     name: str,
@@ -60,7 +74,7 @@ def build_trainer(
     max_failures: int = 0,
     stage_cache: str | Path | None = None,
     train_hooks: list[TrainHook] | None = None,
-) -> TorchTrainer:
+) -> RaykdTrainer:
     """``stage_cache``: where runs that share it publish and reuse MTPD stage prefixes (a search's trials).
     ``train_hooks``: called by every worker at every step (``raykd.train.hooks``; tests inject faults)."""
     res = spec.resources
@@ -76,7 +90,7 @@ def build_trainer(
         failure_config=FailureConfig(max_failures=max_failures),
         callbacks=callbacks or [],
     )
-    return TorchTrainer(
+    return RaykdTrainer(
         train_worker,
         torch_config=TorchConfig(backend=ddp_backend(res)),
         train_loop_config={
