@@ -35,6 +35,7 @@ def phase_search(data: dict[str, Any]) -> None:
     from raykd.spaces import load_space
 
     results = RUNS / "search"
+    RUNS.mkdir(parents=True, exist_ok=True)  # the MLflow store's folder (raykd opens only an existing one)
     outcome = run_search(load_space(SPACE), results, tracking_uri=f"sqlite:///{(RUNS / 'mlflow.db').resolve()}")
     ranking = yaml.safe_load((results / "trials.yaml").read_text())["trials"]
     data["search"] = {
