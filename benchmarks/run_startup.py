@@ -1,0 +1,114 @@
+"""What a raykd run pays to start on Ray Train: raykd's trainer settings against Ray Train's defaults,
+side by side (issue 22, item 3).
+
+Each round trains the same short run twice, once per variant, in alternating order (so a drift of the
+machine's load hits both): the tests' tiny experiment, student only, one Ray Train worker, its 4-iteration
+search schedule, a warm Ray instance. The variants differ only in what Ray Train starts besides the
+worker:
+
+- ``raykd``: raykd's trainer (``RaykdTrainer``: no ``DatasetManager`` actor for a run without Ray
+  Datasets) and no preemption watcher actor (``raykd.train.cluster.TRAIN_DEFAULTS``);
+- ``ray defaults``: Ray Train's ``TorchTrainer`` and its preemption watcher on.
+
+Recorded per run: the wall time of the whole run (``run_training``: controller, worker group, data,
+models, 4 steps, evaluation, shutdown); reported: per-round differences and their median. Raw:
+``benchmarks/out/run_startup.json``.
+
+    python -m benchmarks.run_startup [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.common import machine, save
+
+TINY = Path(__file__).parents[1] / "tests" / "data" / "tiny.yaml"
+WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextmanager
+def variant(name: str):
+    """Ray Train's defaults for ``ray defaults``; raykd's own otherwise. The driver's RAY_TRAIN_*
+    variables reach the run's controller (Ray Train propagates them), over the job's."""
+    from ray.train.torch import TorchTrainer
+
+    import raykd.train.launch as launch
+
+    if name == "raykd":
+        yield
+        return
+    kept, os.environ[WATCHER] = os.environ.get(WATCHER), "1"
+    launch.RaykdTrainer, raykd_trainer = TorchTrainer, launch.RaykdTrainer
+    try:
+        yield
+    finally:
+        launch.RaykdTrainer = raykd_trainer
+        if kept is None:
+            os.environ.pop(WATCHER)
+        else:
+            os.environ[WATCHER] = kept
+
+
+def one_run(spec, name: str, storage: Path) -> float:
+    from raykd.train.launch import run_training
+
+    t0 = time.perf_counter()
+    run_training(spec, name, storage)
+    return time.perf_counter() - t0
+
+
+def actors_started() -> dict[str, int]:
+    """How many of the actors the variants differ in this Ray instance has started."""
+    from ray.util.state import list_actors
+
+    classes = [a.class_name for a in list_actors(limit=100_000)]
+    return {c: classes.count(c) for c in ("PreemptionWatcher", "DatasetManager")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run_startup", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=6)
+    args = p.parse_args(argv)
+
+    from raykd.config import MethodSpec, RunSpec
+    from raykd.config.experiment import Resources
+    from raykd.load import load_experiment
+    from raykd.train.launch import ensure_ray
+
+    exp = load_experiment(TINY)
+    spec = RunSpec(experiment=exp, method=MethodSpec(name="none"), schedule=exp.schedules.search, seed=0,
+                   resources=Resources(workers=1, cpus_per_worker=1))
+    names = ("raykd", "ray defaults")
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="raykd-startup-") as tmp:
+        os.environ.setdefault("RAYKD_CACHE", str(Path(tmp) / "cache"))  # the tiny data, not the user's cache
+        ensure_ray(quiet=True)
+        one_run(spec, "warm-up", Path(tmp))  # Ray's first worker processes, the data cache
+        for r in range(args.rounds):
+            for n in names if r % 2 == 0 else names[::-1]:
+                with variant(n):
+                    walls[n].append(one_run(spec, f"{n.replace(' ', '-')}-{r}", Path(tmp)))
+                print(f"[run_startup] round {r} {n}: {walls[n][-1]:.1f} s", flush=True)
+        started = actors_started()
+    diffs = [b - a for a, b in zip(walls["raykd"], walls["ray defaults"], strict=True)]
+    result = {"rounds": args.rounds, "wall_s": walls, "defaults_minus_raykd_s": diffs,
+              "median_saving_s": statistics.median(diffs),
+              "median_wall_s": {n: statistics.median(w) for n, w in walls.items()},
+              "extra_actors_started": started, "machine": machine()}
+    save("run_startup.json", result)
+    # Only the Ray-defaults runs start them, one each: the variants differ as described.
+    print(f"[run_startup] actors started in all: {started} (Ray-defaults runs: {args.rounds})")
+    print(f"[run_startup] median wall: raykd {result['median_wall_s']['raykd']:.1f} s, Ray Train defaults "
+          f"{result['median_wall_s']['ray defaults']:.1f} s; per round the defaults take "
+          + ", ".join(f"{d:+.1f}" for d in diffs) + f" s more (median {result['median_saving_s']:+.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
