@@ -23,10 +23,10 @@ import json, re, sys
 from pathlib import Path
 from benchmarks.common import machine, save
 out = Path(sys.argv[1])
-walls = dict(re.findall(r"^(\S+ workers=\d) rc=0 wall=(\d+)s$", (out / "summary.txt").read_text(), re.M))
+walls = {(m, w): wall for m, w, wall in re.findall(r"^(\S+) workers=(\d) rc=0 wall=(\d+)s$",
+                                                   (out / "summary.txt").read_text(), re.M)}
 rows = {}
-for key, wall in walls.items():
-    m, w = key.replace(" workers=", "/workers").split("/workers")
+for (m, w), wall in walls.items():
     run = json.loads((out / f"{m}-w{w}" / "metrics.json").read_text())
     rows[f"{m}/workers{w}"] = {"bbox_mAP": run["final"]["bbox_mAP"], "bbox_mAP_50": run["final"]["bbox_mAP_50"],
                                "wall_s": int(wall), "workers": int(w), "epochs": len(run["history"]),

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.common import machine, save
+from raykd.train.cluster import PREEMPTION_WATCHER_ENV as WATCHER
 
 TINY = Path(__file__).parents[1] / "tests" / "data" / "tiny.yaml"
-WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 @contextmanager

@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import DEMO, OUT
-from raykd.search.layout import SEARCH_STATE_FILE
+from raykd.search.layout import SEARCH_STATE_FILE, read_state
+from raykd.tracking.lifecycle import RunStatus
 
 SEARCH_BUDGET_TRAININGS = 4  # (a), (b): the search itself at most ~4 full trainings' worth of trial-epochs
 FINALISTS = {"top_k": 2, "seeds": 3}
@@ -81,8 +82,7 @@ def config_key(method: dict) -> str:
 def interrupted_before(results_dir: Path) -> bool:
     """True: an earlier invocation's search of this (space, mode) was interrupted (resume it); a
     finished or failed one is removed (measured again from the start)."""
-    state = results_dir / SEARCH_STATE_FILE
-    if state.is_file() and json.loads(state.read_text()).get("status") == "interrupted":
+    if (results_dir / SEARCH_STATE_FILE).is_file() and read_state(results_dir)["status"] == RunStatus.INTERRUPTED:
         return True
     shutil.rmtree(results_dir, ignore_errors=True)
     return False

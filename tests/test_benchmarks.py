@@ -83,7 +83,7 @@ def test_search_value_resumes_an_interrupted_search_and_restarts_any_other(tmp_p
     for status, resumed in (("interrupted", True), ("finished", False), ("failed", False)):
         folder = tmp_path / status
         folder.mkdir()
-        (folder / "search.json").write_text(json.dumps({"status": status}))
+        (folder / "search.json").write_text(json.dumps({"space": "s.yaml", "parent_run_id": "0" * 32, "status": status}))
         assert interrupted_before(folder) is resumed
         assert folder.exists() is resumed  # a search measured again starts from an empty folder
     assert interrupted_before(tmp_path / "never-run") is False

@@ -104,7 +104,8 @@ def runtime_env() -> dict[str, Any]:
 # draining nodes, logs them and marks the workers, which only a loop that reads
 # ``ray.train.get_preemption_info`` acts on. raykd's loop does not (a lost node is a worker failure,
 # retried from the last checkpoint), so its runs start without it.
-TRAIN_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+TRAIN_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S, PREEMPTION_WATCHER_ENV: "0"}
 
 
 def train_env() -> dict[str, str]:
