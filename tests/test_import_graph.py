@@ -90,3 +90,13 @@ def test_the_top_level_holds_the_command_lines_and_packages_only():
     modules = {f.name for f in RAYKD.glob("*.py")} - {"__init__.py"}
     assert modules == {"tune.py", "run.py"}
     assert all((d / "__init__.py").is_file() for d in RAYKD.iterdir() if d.is_dir() and d.name != "__pycache__")
+
+
+def test_registering_mmdet_leaves_scikit_learn_out_and_importable():
+    """Every trial's workers register mmdet afresh: without scikit-learn (mmdet's MOT interpolation
+    only), which the process can still import afterwards."""
+    code = ("import sys; from raykd.models.builder import register_mmdet; register_mmdet(); "
+            "from mmdet.registry import MODELS; print(MODELS.get('RetinaNet') is not None, 'sklearn' in sys.modules); "
+            "import sklearn.gaussian_process; print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["True", "False", "True"], out

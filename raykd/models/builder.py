@@ -2,9 +2,9 @@
 
 mmdet and mmengine are imported only inside functions, here and in ``raykd.data`` and ``raykd.models``:
 ``raykd.load`` imports this module, so every CLI does before it reads its input. mmengine would add
-about 0.1 s to a CLI's start (and to a bad input's exit), and ``register_mmdet()`` takes about 2.3 s
-(all of mmdet's models and datasets); a missing mmdet also stays ``mmdet_config_dir``'s one-line
-error rather than an ImportError.
+about 0.1 s to a CLI's start (and to a bad input's exit), and ``register_mmdet()`` takes seconds (all
+of mmdet's models and datasets, scikit-learn left out); a missing mmdet also stays
+``mmdet_config_dir``'s one-line error rather than an ImportError.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import importlib.util
 import logging
 import os
 import pickle
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +70,34 @@ def quiet_mmengine() -> None:
 
 
 _registered = False
+# mmdet imports scikit-learn (with scipy.stats and pandas: ~1.5 s of CPU in a fresh Ray worker, ~2 s in
+# a bare process) for one class only, the MOT tracklet interpolation (``InterpolateTracklets``), which no
+# detector uses. Every trial's workers register mmdet afresh, so it is registered with scikit-learn
+# hidden (mmdet marks it missing); afterwards ``import sklearn`` works as usual in the process.
+HIDDEN_WHILE_REGISTERING = ("sklearn", "sklearn.gaussian_process", "sklearn.gaussian_process.kernels")
+
+
+@contextmanager
+def _hidden(modules: Sequence[str]) -> Iterator[None]:
+    """``import`` of ``modules`` raises ImportError inside the block, unless scikit-learn is loaded
+    already (then hiding it saves nothing)."""
+    hidden = [] if modules[0] in sys.modules else [m for m in modules if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # a None entry makes `import` raise ImportError
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
 
 
 def register_mmdet() -> None:
     global _registered
     if not _registered:
-        from mmdet.utils import register_all_modules
+        with _hidden(HIDDEN_WHILE_REGISTERING):
+            from mmdet.utils import register_all_modules
 
-        register_all_modules(init_default_scope=True)
+            register_all_modules(init_default_scope=True)
         quiet_mmengine()
         _registered = True
 
