@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 OUT = Path(__file__).parent / "out"
 DEMO = Path(__file__).parents[1] / "experiments" / "shapes_demo.yaml"
@@ -32,6 +34,8 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+T = TypeVar("T")
+
 def machine() -> dict[str, str]:
     """What a CPU run's float32 bits depend on besides the code: PyTorch picks its CPU kernels (ATen's
     vectorised ones, oneDNN's convolutions) by the processor's instruction set, so the same run on an
@@ -58,6 +62,16 @@ def same_machine(recorded: dict | None, now: dict) -> str:
         return f"same kernels ({now['cpu_capability']}, torch {now['torch']})"
     return ("other kernels: recorded on " + ", ".join(f"{recorded.get(k)}" for k in keys)
             + ", now " + ", ".join(now[k] for k in keys) + ": the bits may differ by CPU alone")
+
+
+def alternating(names: tuple[str, ...], rounds: int, measure: Callable[[str, int], T]) -> dict[str, list[T]]:
+    """``measure(name, round)`` for every name in every round, the order reversed every other round, so
+    a drift of the machine's load hits every variant alike."""
+    out: dict[str, list[T]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            out[n].append(measure(n, r))
+    return out
 
 
 def save(name: str, data) -> Path:

@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.common import machine, save
+from benchmarks.common import alternating, machine, save
 
 # Each variant's ``register`` imports mmdet inside it, as raykd's does, so both timings include that import.
 VARIANTS = {
@@ -37,22 +37,19 @@ print(json.dumps({{"cpu_s": usage() - cpu, "wall_s": time.perf_counter() - wall,
 """
 
 
-def measure(name: str) -> dict:
+def measure(name: str, round_: int) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE.format(variant=VARIANTS[name])], check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    got = json.loads(out.strip().splitlines()[-1])
+    print(f"round {round_ + 1} {name}: {got['cpu_s']:.2f} s CPU", flush=True)
+    return got
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.register_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=8)
     args = p.parse_args(argv)
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    for r in range(args.rounds):
-        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
-        for name in order:
-            runs[name].append(measure(name))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]['cpu_s']:.2f} s CPU" for n in VARIANTS), flush=True)
+    runs = alternating(tuple(VARIANTS), args.rounds, measure)
     saved = [m["cpu_s"] - k["cpu_s"] for m, k in zip(runs["mmdet"], runs["raykd"], strict=True)]
     result = {
         "rounds": args.rounds, "runs": runs,

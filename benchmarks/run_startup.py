@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.common import machine, save
+from benchmarks.common import alternating, machine, save
 from raykd.train.cluster import PREEMPTION_WATCHER_ENV as WATCHER
 
 TINY = Path(__file__).parents[1] / "tests" / "data" / "tiny.yaml"
@@ -86,16 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     spec = RunSpec(experiment=exp, method=MethodSpec(name="none"), schedule=exp.schedules.search, seed=0,
                    resources=Resources(workers=1, cpus_per_worker=1))
     names = ("raykd", "ray defaults")
-    walls: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="raykd-startup-") as tmp:
         os.environ.setdefault("RAYKD_CACHE", str(Path(tmp) / "cache"))  # the tiny data, not the user's cache
         ensure_ray(quiet=True)
         one_run(spec, "warm-up", Path(tmp))  # Ray's first worker processes, the data cache
-        for r in range(args.rounds):
-            for n in names if r % 2 == 0 else names[::-1]:
-                with variant(n):
-                    walls[n].append(one_run(spec, f"{n.replace(' ', '-')}-{r}", Path(tmp)))
-                print(f"[run_startup] round {r} {n}: {walls[n][-1]:.1f} s", flush=True)
+
+        def measure(n: str, r: int) -> float:
+            with variant(n):
+                wall = one_run(spec, f"{n.replace(' ', '-')}-{r}", Path(tmp))
+            print(f"[run_startup] round {r} {n}: {wall:.1f} s", flush=True)
+            return wall
+
+        walls = alternating(names, args.rounds, measure)
         started = actors_started()
     diffs = [b - a for a, b in zip(walls["raykd"], walls["ray defaults"], strict=True)]
     result = {"rounds": args.rounds, "wall_s": walls, "defaults_minus_raykd_s": diffs,
