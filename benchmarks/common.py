@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -39,10 +40,24 @@ T = TypeVar("T")
 def machine() -> dict[str, str]:
     """What a CPU run's float32 bits depend on besides the code: PyTorch picks its CPU kernels (ATen's
     vectorised ones, oneDNN's convolutions) by the processor's instruction set, so the same run on an
-    AVX-512 and an AVX2 machine differs in the last bits, and 800 iterations turn that into AP."""
+    AVX-512 and an AVX2 machine differs in the last bits, and 800 iterations turn that into AP. An
+    AVX-512 machine computes the AVX2 machines' bits with both forced down (``KERNEL_ENV``): the
+    processor's own instruction sets and the forcing variables set are recorded beside the kernels used."""
     import torch
 
-    return {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+    return {"cpu": _cpu_model(), "cpu_avx512": "avx512f" in _cpu_flags(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            **({"kernel_env": forced} if (forced := {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}) else {})}
+
+
+# ATen's vectorised kernels, oneDNN's convolutions and MKL's BLAS, each capped at an instruction set.
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
 
 
 def _cpu_model() -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import DEMO, OUT
+from benchmarks.common import DEMO, OUT, machine
 from raykd.search.layout import SEARCH_STATE_FILE, read_state
 from raykd.tracking.lifecycle import RunStatus
 
@@ -105,7 +105,7 @@ def run_one(name: str, mode: str, work: Path) -> dict:
     winner = by_key.get(f.get("winner"))
     defaults = by_key.get("defaults")
     return {
-        "space": name, "mode": mode, "wall_s": time.perf_counter() - t0,
+        "space": name, "mode": mode, "wall_s": time.perf_counter() - t0, "machine": machine(),
         "compute": compute_spent(space, outcome),
         "answer": winner and {"label": winner["label"], "mean": winner["mean"], "per_seed": winner["per_seed"]},
         "defaults": defaults and {"label": defaults["label"], "mean": defaults["mean"], "per_seed": defaults["per_seed"]},
