@@ -46,12 +46,20 @@ def machine() -> dict[str, str]:
     import torch
 
     return {"cpu": _cpu_model(), "cpu_avx512": "avx512f" in _cpu_flags(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": _onednn_isa(),
+            "torch": torch.__version__,
             **({"kernel_env": forced} if (forced := {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}) else {})}
 
 
 # ATen's vectorised kernels, oneDNN's convolutions and MKL's BLAS, each capped at an instruction set.
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _onednn_isa() -> str:
+    """The instruction set oneDNN's convolutions use: the processor's best, or the cap set on them."""
+    flags = _cpu_flags()
+    own = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE41"
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", own).upper()
 
 
 def _cpu_flags() -> set[str]:
@@ -72,11 +80,15 @@ def same_machine(recorded: dict | None, now: dict) -> str:
     """One line: whether a recorded run's machine can give the same bits as this one."""
     if not recorded:
         return "recorded without its machine (before session 10): the bits may differ by CPU alone"
-    keys = ("cpu_capability", "torch")
+    # Records before session 13 name ATen's kernels only, all taken on AVX2 processors without AVX-512,
+    # whose oneDNN used AVX2 too.
+    recorded = {"onednn_isa": recorded.get("cpu_capability"), **recorded}
+    keys = ("cpu_capability", "onednn_isa", "torch")
     if all(recorded.get(k) == now[k] for k in keys):
-        return f"same kernels ({now['cpu_capability']}, torch {now['torch']})"
+        return f"same kernels (ATen {now['cpu_capability']}, oneDNN {now['onednn_isa']}, torch {now['torch']})"
     return ("other kernels: recorded on " + ", ".join(f"{recorded.get(k)}" for k in keys)
-            + ", now " + ", ".join(now[k] for k in keys) + ": the bits may differ by CPU alone")
+            + ", now " + ", ".join(now[k] for k in keys) + ": the bits may differ by CPU alone"
+            + (" (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 give an AVX2 machine's)" if now.get("cpu_avx512") else ""))
 
 
 def alternating(names: tuple[str, ...], rounds: int, measure: Callable[[str, int], T]) -> dict[str, list[T]]:

@@ -75,6 +75,19 @@ def test_a_kd_row_check_says_whether_the_recorded_run_had_this_machines_kernels(
     assert same_machine(now, now).startswith("same kernels")
     assert "may differ by CPU" in same_machine({**now, "cpu_capability": "AVX512" if now["cpu_capability"] != "AVX512" else "AVX2"}, now)
     assert "recorded without its machine" in same_machine(None, now)
+    # An AVX-512 processor with ATen capped at AVX2 but oneDNN not: not an AVX2 machine's kernels (a
+    # record from before oneDNN's was recorded names ATen's only, as taken on AVX2 machines).
+    avx2_record = {"cpu_capability": "AVX2", "torch": now["torch"]}
+    capped_aten = {**now, "cpu_avx512": True, "cpu_capability": "AVX2", "onednn_isa": "AVX512"}
+    assert "may differ by CPU" in same_machine(avx2_record, capped_aten) and "ONEDNN_MAX_CPU_ISA" in same_machine(avx2_record, capped_aten)
+    assert same_machine(avx2_record, {**capped_aten, "onednn_isa": "AVX2"}).startswith("same kernels")
+
+
+def test_capping_the_kernels_is_recorded(monkeypatch):
+    from benchmarks.common import machine
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert machine()["onednn_isa"] == "AVX2" and machine()["kernel_env"] == {"ONEDNN_MAX_CPU_ISA": "avx2"}
 
 
 def test_search_value_resumes_an_interrupted_search_and_restarts_any_other(tmp_path):
