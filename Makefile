@@ -8,7 +8,7 @@ STAMP := $(VENV)/.raykd-installed
 # pip caches the wheel). The build needs torch and a setuptools that still ships pkg_resources.
 BUILD_PINS := torch==2.13.0 setuptools==80.9.0 wheel ninja
 
-.PHONY: install demo test test-fast lint bench check-kd-row clean
+.PHONY: install demo test test-fast lint bench check-kd-row publish-teachers clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ bench: install
 METHOD ?= frs
 check-kd-row: install
 	$(BIN)/python -m benchmarks.check_kd_row $(METHOD)
+
+# Train the demo's teachers in an empty cache and publish them in experiments/teachers (with SHA256SUMS);
+# each file's line says whether this machine reproduced the published one bit for bit (~25 min on 2 cores).
+publish-teachers: install
+	@cache=$$(mktemp -d); RAYKD_CACHE=$$cache $(BIN)/python -m raykd.cli.publish_teachers experiments/shapes_demo.yaml; \
+	rc=$$?; rm -rf $$cache; exit $$rc
 
 clean:
 	rm -rf $(VENV) .raykd_cache runs mlflow.db

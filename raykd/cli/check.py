@@ -25,8 +25,9 @@ from raykd.config.run import DataSubset
 from raykd.data.loaders import build_datasets, build_loader, iters_per_epoch
 from raykd.data.subsets import subset_size
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
+from raykd.train.layout import STUDENT_FILE
 from raykd.train.stages import stage_iters
-from raykd.train.teachers import teacher_checkpoint
+from raykd.train.teachers import published_teacher, teacher_checkpoint
 
 TIMED_STEPS = 3  # after one untimed warm-up step; the median is reported
 
@@ -114,10 +115,12 @@ def _build(exp: Experiment, key: str, config: str, overrides: dict) -> nn.Module
 def _teacher(exp: Experiment, name: str, classes) -> tuple[nn.Module, str]:
     spec = exp.teachers[name]
     model = _build(exp, f"teachers.{name}", spec.config, spec.overrides)
-    ckpt = teacher_checkpoint(exp, name)
+    ckpt, published = teacher_checkpoint(exp, name), None
+    if not ckpt.is_file() and (published := published_teacher(exp, name)) is not None:
+        ckpt = published / STUDENT_FILE
     if ckpt.is_file():
         load_weights(model, ckpt, exp.source, f"teachers.{name}.checkpoint", classes=classes)
-        weights = f"checkpoint {ckpt} loaded"
+        weights = f"{'published copy' if published else 'checkpoint'} {ckpt} loaded"
     else:  # only a `train:` teacher can be missing here (a given checkpoint was checked on loading)
         weights = f"not trained yet: trained on first use ({spec.train.schedule.text()}), timed untrained"
     return freeze(model), f"teacher   {name}: {spec.config}: {_millions(model)} M parameters, {weights}"

@@ -80,7 +80,7 @@ from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
 from raykd.train.launch import ensure_ray, ensure_teachers
 from raykd.train.stages import stage_iters
-from raykd.train.teachers import missing_teachers
+from raykd.train.teachers import teachers_to_train
 
 WORKER_RETRIES = 2  # Ray Train restarts a lost worker group from the trial's last checkpoint
 
@@ -365,7 +365,7 @@ def _comparable(space: SearchSpace, result) -> dict[str, Any]:
 
 def _check_fits(space: SearchSpace) -> None:
     """Teachers still to train use the experiment's resources, trials the space's."""
-    if any(space.exp.teachers[n].train for n in missing_teachers(space.exp, teachers_needed(space))):
+    if teachers_to_train(space.exp, teachers_needed(space)):
         check_cluster_fits(space.exp.resources, space.exp.source)
     check_cluster_fits(space.run_resources, space.source if space.resources else space.exp.source)
 

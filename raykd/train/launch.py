@@ -23,7 +23,7 @@ from raykd.train.layout import STUDENT_FILE
 from raykd.train.loop import train_worker
 from raykd.train.ray_console import raykd_line, showing
 from raykd.train.stage_checkpoints import as_uri, stages_uri
-from raykd.train.teachers import cached_teacher_dir, missing_teachers
+from raykd.train.teachers import adopt_published_teachers, cached_teacher_dir, missing_teachers
 
 
 def ensure_ray(address: str | None = None, quiet: bool = False, log: Path | None = None,
@@ -161,8 +161,12 @@ def teacher_run_spec(exp: Experiment, name: str) -> RunSpec:
 
 
 def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path,
-                    console: RunConsole = RunConsole()) -> None:
-    """Train every named teacher that is not cached yet (once; later runs reuse the cache)."""
+                    console: RunConsole = RunConsole(), use_published: bool = True) -> None:
+    """Train every named teacher that is not cached yet (once; later runs reuse the cache), unless
+    a published copy of it is there to take (``raykd.train.teachers``; not with ``use_published``
+    off, as when publishing)."""
+    if use_published:
+        adopt_published_teachers(exp, names)
     for name in missing_teachers(exp, names):
         if exp.teachers[name].train is None:
             continue  # a user checkpoint; its absence was reported when the file was loaded
