@@ -86,6 +86,7 @@ def test_a_published_teacher_that_fails_its_checksum_is_trained_instead(publishe
     line = capsys.readouterr().out.strip()
     assert str(weights) in line and CHECKSUMS in line and "training it instead" in line and "\n" not in line
     assert teachers_to_train(exp, ["big", "gfl"]) == ["big"]
+    assert capsys.readouterr().out == ""  # said once
 
 
 def test_a_changed_definition_or_publishing_turned_off_trains(published, monkeypatch):

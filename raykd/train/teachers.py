@@ -95,10 +95,15 @@ def published_teacher(exp: Experiment, name: str) -> Path | None:
     for file in PUBLISHED_FILES:
         relative = f"{folder.name}/{file}"
         if listed.get(relative) != sha256_of(folder / file):
-            print(f"[raykd] teacher {name!r}: the published {root / relative} does not match {root / CHECKSUMS}: "
-                  "training it instead", flush=True)
+            if folder / file not in _REPORTED:  # once per process: a run asks before and while it starts
+                _REPORTED.add(folder / file)
+                print(f"[raykd] teacher {name!r}: the published {root / relative} does not match "
+                      f"{root / CHECKSUMS}: training it instead", flush=True)
             return None
     return folder
+
+
+_REPORTED: set[Path] = set()
 
 
 def adopt_published_teachers(exp: Experiment, names: list[str]) -> None:
