@@ -113,3 +113,12 @@ def test_publishing_trains_what_the_cache_lacks_and_says_what_changed(tmp_path, 
     for name in exp.teachers:
         published = published_teacher(exp, name) / STUDENT_FILE
         assert published.read_bytes() == (cached_teacher_dir(exp, name) / STUDENT_FILE).read_bytes()
+
+
+def test_the_check_loads_a_published_teacher_before_the_first_run(published):
+    from raykd.cli.check import _teacher
+    from raykd.data.loaders import experiment_classes
+
+    exp, _ = published
+    _, line = _teacher(exp, "big", experiment_classes(exp))
+    assert f"published copy {published_root(exp) / cached_teacher_dir(exp, 'big').name / STUDENT_FILE} loaded" in line
