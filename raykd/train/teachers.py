@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raykd.common.cache import build_once, cache_root
 from raykd.common.errors import ConfigError
+from raykd.common.files import write_text_atomic
 from raykd.config.experiment import Experiment, spec_hash
 from raykd.data.kinds import data_source
 from raykd.data.loaders import experiment_classes
@@ -138,7 +139,7 @@ def publish_teachers(exp: Experiment) -> list[Path]:
         for file in PUBLISHED_FILES:
             shutil.copy(cached / file, root / folder_name / file)
             lines.append(f"{sha256_of(root / folder_name / file)}  {folder_name}/{file}")
-    (root / CHECKSUMS).write_text("\n".join(lines) + "\n")
+    write_text_atomic(root / CHECKSUMS, "\n".join(lines) + "\n")
     return [root / f for f in current]
 
 
@@ -153,11 +154,8 @@ def read_checksums(path: Path) -> dict[str, str]:
 def sha256_of(path: Path) -> str | None:
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_classes_and_checkpoints(exp: Experiment) -> None:
