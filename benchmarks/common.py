@@ -88,7 +88,7 @@ def same_machine(recorded: dict | None, now: dict) -> str:
         return f"same kernels (ATen {now['cpu_capability']}, oneDNN {now['onednn_isa']}, torch {now['torch']})"
     return ("other kernels: recorded on " + ", ".join(f"{recorded.get(k)}" for k in keys)
             + ", now " + ", ".join(now[k] for k in keys) + ": the bits may differ by CPU alone"
-            + (" (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 give an AVX2 machine's)" if now.get("cpu_avx512") else ""))
+            + (" (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 give an AVX2 machine's)" if now.get("cpu_avx512") else ""))
 
 
 def alternating(names: tuple[str, ...], rounds: int, measure: Callable[[str, int], T]) -> dict[str, list[T]]:
