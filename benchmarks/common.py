@@ -45,8 +45,9 @@ def machine() -> dict[str, str]:
     processor's own instruction sets and the forcing variables set are recorded beside the kernels used."""
     import torch
 
-    return {"cpu": _cpu_model(), "cpu_avx512": "avx512f" in _cpu_flags(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": _onednn_isa(),
+    flags = _cpu_flags()
+    return {"cpu": _cpu_model(), "cpu_avx512": "avx512f" in flags,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": _onednn_isa(flags),
             "torch": torch.__version__,
             **({"kernel_env": forced} if (forced := {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}) else {})}
 
@@ -55,9 +56,8 @@ def machine() -> dict[str, str]:
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def _onednn_isa() -> str:
+def _onednn_isa(flags: set[str]) -> str:
     """The instruction set oneDNN's convolutions use: the processor's best, or the cap set on them."""
-    flags = _cpu_flags()
     own = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE41"
     return os.environ.get("ONEDNN_MAX_CPU_ISA", own).upper()
 

@@ -18,6 +18,7 @@ from raykd.train.teachers import (
     published_root,
     published_teacher,
     teachers_to_train,
+    trained_teachers,
 )
 
 DEMO = TINY.parents[2] / "experiments" / "shapes_demo.yaml"
@@ -25,7 +26,7 @@ DEMO = TINY.parents[2] / "experiments" / "shapes_demo.yaml"
 
 def test_the_published_demo_teachers_are_its_current_ones_and_load_into_their_models():
     exp = load_experiment(DEMO)
-    trained = [n for n, t in exp.teachers.items() if t.train]
+    trained = trained_teachers(exp)
     folders = {p.name for p in published_root(exp).iterdir() if p.is_dir()}
     assert folders == {cached_teacher_dir(exp, n).name for n in trained}, "republish them: make publish-teachers"
     for name in trained:

@@ -29,12 +29,17 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     exp = load_experiment(args.experiment)
     from raykd.train.launch import RunConsole, ensure_teachers
-    from raykd.train.teachers import CHECKSUMS, publish_teachers, published_root, read_checksums
+    from raykd.train.teachers import (
+        CHECKSUMS,
+        publish_teachers,
+        published_root,
+        read_checksums,
+        trained_teachers,
+    )
 
     out = (args.out or Path("runs") / f"publish-teachers-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    trained = [n for n, t in exp.teachers.items() if t.train]
     # What the cache lacks is trained here, never copied back from the published files.
-    ensure_teachers(exp, trained, out / "ray", RunConsole(out / "ray.log", False), use_published=False)
+    ensure_teachers(exp, trained_teachers(exp), out / "ray", RunConsole(out / "ray.log", False), use_published=False)
     before = read_checksums(published_root(exp) / CHECKSUMS)
     publish_teachers(exp)
     after = read_checksums(published_root(exp) / CHECKSUMS)

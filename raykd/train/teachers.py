@@ -122,11 +122,16 @@ def adopt_published_teachers(exp: Experiment, names: list[str]) -> None:
         print(f"[raykd] teacher {name!r}: published copy {folder} (sha256 checked), not trained", flush=True)
 
 
-def publish_teachers(exp: Experiment) -> list[Path]:
+def trained_teachers(exp: Experiment) -> list[str]:
+    """The teachers raykd trains (``train:``), not given as checkpoints."""
+    return [n for n, t in exp.teachers.items() if t.train]
+
+
+def publish_teachers(exp: Experiment) -> None:
     """Copy every cached ``train:`` teacher of ``exp`` beside its experiment file and write
     SHA256SUMS; folders of keys no longer current are removed (each is megabytes)."""
     root = published_root(exp)
-    names = [n for n, t in exp.teachers.items() if t.train]
+    names = trained_teachers(exp)
     if missing := missing_teachers(exp, names):
         raise ConfigError(exp.source, f"teachers.{missing[0]}", "not trained yet: train it before publishing")
     root.mkdir(exist_ok=True)
@@ -140,7 +145,6 @@ def publish_teachers(exp: Experiment) -> list[Path]:
             shutil.copy(cached / file, root / folder_name / file)
             lines.append(f"{sha256_of(root / folder_name / file)}  {folder_name}/{file}")
     write_text_atomic(root / CHECKSUMS, "\n".join(lines) + "\n")
-    return [root / f for f in current]
 
 
 def read_checksums(path: Path) -> dict[str, str]:
