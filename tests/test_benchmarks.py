@@ -40,9 +40,10 @@ GPU_BENCH_ROWS = {
 }
 
 
-@pytest.mark.e2e  # starts Ray and two real searches
-def test_gpu_bench_runs_at_its_cpu_tiny_size(tmp_path):
-    """What a GPU machine runs, at the CPU size: every row, every number finite and positive."""
+@pytest.mark.e2e  # two real searches
+def test_gpu_bench_runs_at_its_cpu_tiny_size(tmp_path, ray_cluster):
+    """What a GPU machine runs, at the CPU size: every row, every number finite and positive. Its
+    searches join the session's Ray instance (RAY_ADDRESS), as they join a running one on a GPU box."""
     out = tmp_path / "gpu_bench.json"
     proc = subprocess.run(["bash", "benchmarks/gpu_bench.sh", "--tiny", "--out", str(out), "--work", str(tmp_path / "work")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900,
