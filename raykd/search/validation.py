@@ -26,6 +26,8 @@ from raykd.tracking.store import flatten
 
 STUDENT_ONLY = "student alone"
 DEFAULTS = "defaults"
+SIGNIFICANT_P = 0.05  # a paired t-test's level for "beats" (see beyond_noise)
+MIN_SEEDS_FOR_TEST = 3
 
 
 @dataclass(frozen=True)
@@ -176,15 +178,11 @@ def verdict(summary: dict[str, Any]) -> str | None:
     return f"{winner['label']} cannot be told apart from the defaults within the seed noise {where}"
 
 
-SIGNIFICANT_P = 0.05
-MIN_SEEDS_FOR_TEST = 3
-
-
 def beyond_noise(gains: list[float], noise: float, p_value: float | None) -> bool:
     """Every paired gain positive, and the gain is real by one of two tests: each seed's gain is
-    above the seed noise of one set-up, or (3 seeds or more) the paired t-test rejects "no difference" at 5 %. A gain
-    that is positive on every seed but inside the noise on one of them is not called a win: two set-ups
-    that tie come out in the same order on every one of 3 seeds an eighth of the time, on 2 a quarter."""
+    above the seed noise of one set-up, or (3 seeds or more) the paired t-test rejects "no
+    difference" at 5 %. A gain positive on every seed but inside the noise on one of them is not a
+    win: two set-ups that tie come out in the same order on all of 3 seeds an eighth of the time."""
     if min(gains) <= 0:
         return False
     # On 2 seeds the t-test has one degree of freedom: two nearly equal gains inside the noise give a
