@@ -85,6 +85,19 @@ def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
     assert "RayTrainWorker" in started and not started & {"PreemptionWatcher", "DatasetManager"}
 
 
+@pytest.mark.parametrize("workers, distributed", [(1, False), (2, True)])
+def test_only_a_run_of_several_workers_sets_up_torch_distributed(exp, tmp_path, workers, distributed):
+    """One worker has no group to reduce over: its run gets Ray Train's plain backend (no torch import
+    in the controller, no one-rank gloo group); two or more get the torch backend (DDP over gloo on CPU)."""
+    from ray.train.torch import TorchConfig
+
+    from raykd.train.launch import build_trainer
+
+    trainer = build_trainer(spec_for(exp, workers), f"w{workers}", tmp_path)
+    for config in (trainer.backend_config, trainer.train_run_context.backend_config):
+        assert isinstance(config, TorchConfig) is distributed, type(config)
+
+
 def _evaluate_shard(rank, world, init_file, shards, out_dir):
     """One evaluation worker: its shard's detections (one per image, tagged with the rank) through
     the loop's gather, over a real gloo process group."""

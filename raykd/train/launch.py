@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import BackendConfig, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raykd.common.cache import build_once
 from raykd.common.errors import ConfigError
@@ -54,10 +55,25 @@ class RunConsole:
 
 
 class RaykdTrainer(TorchTrainer):
-    """Ray Train's ``TorchTrainer`` without its Ray Data plumbing when a run has no Ray Datasets.
-    Ray Train 2.60 starts a ``DatasetManager`` actor (one more process, importing Ray Data) with every
-    run, datasets or not; raykd's workers load their data themselves (``raykd.data``) and pass none,
-    so their runs start without it. Ray is pinned: the tests assert that no such actor starts."""
+    """Ray Train's ``TorchTrainer`` without what a run of raykd does not use:
+
+    - its Ray Data plumbing when a run has no Ray Datasets. Ray Train 2.60 starts a ``DatasetManager``
+      actor (one more process, importing Ray Data) with every run, datasets or not; raykd's workers
+      load their data themselves (``raykd.data``) and pass none, so their runs start without it.
+    - torch.distributed for a one-worker run (every search trial of the demo): there is no group to
+      reduce over (raykd's loop wraps DDP and gathers only across more than one rank), yet the torch
+      backend makes the run's controller import torch (its ``TorchConfig`` module does, ~1.3 s of CPU)
+      and sets up and tears down a one-rank gloo group through four calls to the worker. A plain
+      ``BackendConfig`` skips both; the worker computes the same numbers.
+
+    Ray is pinned: the tests assert that no such actor starts and that no group is made."""
+
+    def __init__(self, train_loop_per_worker, *, scaling_config: ScalingConfig, torch_config: TorchConfig, **kwargs):
+        if scaling_config.num_workers == 1:
+            DataParallelTrainer.__init__(self, train_loop_per_worker, backend_config=BackendConfig(),
+                                         scaling_config=scaling_config, **kwargs)
+        else:  # 0 (local mode: TorchTrainer's own local controller) or DDP over 2+ workers
+            super().__init__(train_loop_per_worker, torch_config=torch_config, scaling_config=scaling_config, **kwargs)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
