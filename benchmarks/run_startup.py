@@ -7,11 +7,14 @@ search schedule, a warm Ray instance. The variants differ only in what Ray Train
 worker:
 
 - ``raykd``: raykd's trainer (``RaykdTrainer``: no ``DatasetManager`` actor for a run without Ray
-  Datasets) and no preemption watcher actor (``raykd.train.cluster.TRAIN_DEFAULTS``);
+  Datasets, Ray Train's plain backend for a one-worker run) and no preemption watcher actor
+  (``raykd.train.cluster.TRAIN_DEFAULTS``);
+- ``torch backend``: the same with the torch backend for one worker too (raykd's trainer until session
+  16: the controller imports torch, the worker sets up and tears down a one-rank gloo group);
 - ``ray defaults``: Ray Train's ``TorchTrainer`` and its preemption watcher on.
 
 Recorded per run: the wall time of the whole run (``run_training``: controller, worker group, data,
-models, 4 steps, evaluation, shutdown); reported: per-round differences and their median. Raw:
+models, 4 steps, evaluation, shutdown); reported: per-round differences from ``raykd`` and their median. Raw:
 ``benchmarks/out/run_startup.json``.
 
     python -m benchmarks.run_startup [--rounds 6]
@@ -35,14 +38,26 @@ TINY = Path(__file__).parents[1] / "tests" / "data" / "tiny.yaml"
 
 @contextmanager
 def variant(name: str):
-    """Ray Train's defaults for ``ray defaults``; raykd's own otherwise. The driver's RAY_TRAIN_*
-    variables reach the run's controller (Ray Train propagates them), over the job's."""
+    """Ray Train's defaults for ``ray defaults``; raykd's own otherwise (``torch backend``: with
+    TorchConfig at one worker). The driver's RAY_TRAIN_* variables reach the run's controller (Ray
+    Train propagates them), over the job's."""
     from ray.train.torch import TorchTrainer
 
     import raykd.train.launch as launch
 
     if name == "raykd":
         yield
+        return
+    if name == "torch backend":
+        class TorchBackendTrainer(launch.RaykdTrainer):
+            def __init__(self, fn, *, scaling_config, torch_config, **kwargs):
+                TorchTrainer.__init__(self, fn, scaling_config=scaling_config, torch_config=torch_config, **kwargs)
+
+        launch.RaykdTrainer, raykd_trainer = TorchBackendTrainer, launch.RaykdTrainer
+        try:
+            yield
+        finally:
+            launch.RaykdTrainer = raykd_trainer
         return
     kept, os.environ[WATCHER] = os.environ.get(WATCHER), "1"
     launch.RaykdTrainer, raykd_trainer = TorchTrainer, launch.RaykdTrainer
@@ -85,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     exp = load_experiment(TINY)
     spec = RunSpec(experiment=exp, method=MethodSpec(name="none"), schedule=exp.schedules.search, seed=0,
                    resources=Resources(workers=1, cpus_per_worker=1))
-    names = ("raykd", "ray defaults")
+    names = ("raykd", "torch backend", "ray defaults")
     with tempfile.TemporaryDirectory(prefix="raykd-startup-") as tmp:
         os.environ.setdefault("RAYKD_CACHE", str(Path(tmp) / "cache"))  # the tiny data, not the user's cache
         ensure_ray(quiet=True)
@@ -99,17 +114,18 @@ def main(argv: list[str] | None = None) -> None:
 
         walls = alternating(names, args.rounds, measure)
         started = actors_started()
-    diffs = [b - a for a, b in zip(walls["raykd"], walls["ray defaults"], strict=True)]
-    result = {"rounds": args.rounds, "wall_s": walls, "defaults_minus_raykd_s": diffs,
-              "median_saving_s": statistics.median(diffs),
+    diffs = {n: [b - a for a, b in zip(walls["raykd"], walls[n], strict=True)] for n in names[1:]}
+    result = {"rounds": args.rounds, "wall_s": walls, "minus_raykd_s": diffs,
+              "median_minus_raykd_s": {n: statistics.median(d) for n, d in diffs.items()},
               "median_wall_s": {n: statistics.median(w) for n, w in walls.items()},
               "extra_actors_started": started, "machine": machine()}
     save("run_startup.json", result)
     # Only the Ray-defaults runs start them, one each: the variants differ as described.
     print(f"[run_startup] actors started in all: {started} (Ray-defaults runs: {args.rounds})")
-    print(f"[run_startup] median wall: raykd {result['median_wall_s']['raykd']:.1f} s, Ray Train defaults "
-          f"{result['median_wall_s']['ray defaults']:.1f} s; per round the defaults take "
-          + ", ".join(f"{d:+.1f}" for d in diffs) + f" s more (median {result['median_saving_s']:+.1f} s)")
+    print("[run_startup] median wall: " + ", ".join(f"{n} {w:.1f} s" for n, w in result["median_wall_s"].items()))
+    for n, d in diffs.items():
+        print(f"[run_startup] per round {n} takes " + ", ".join(f"{x:+.1f}" for x in d)
+              + f" s more than raykd (median {statistics.median(d):+.1f} s)")
 
 
 if __name__ == "__main__":
