@@ -31,6 +31,21 @@ def test_quiet_route_logs_every_line_and_shows_raykd_lines_only(tmp_path, capsys
     ]
 
 
+def test_a_line_after_the_exit_hook_is_logged_without_leaving_the_log_open(tmp_path):
+    """Ray's log thread may deliver lines after the exit hook closed the log: they are appended and the
+    file closed again (an open one would be collected at exit, a ResourceWarning under the summary)."""
+    log = tmp_path / "ray.log"
+    ray_console.route_ray_output(log, None)
+    try:
+        ray_console.print_to_stdstream(CLUSTER, ignore_prefix=False)
+        ray_console._close_route()
+        ray_console.print_to_stdstream(CONTROLLER, ignore_prefix=False)
+        assert ray_console._route.file is None
+    finally:
+        ray_console.route_ray_output(None)
+    assert len(log.read_text().splitlines()) == 3
+
+
 def test_a_search_route_shows_nothing_and_a_connected_drivers_printer_is_replaced(tmp_path, capsys):
     """A driver connected before the route was set holds Ray's printer in the dispatcher: replaced."""
     name = "ray_print_logs"

@@ -39,23 +39,29 @@ class _Route:
     log: Path
     show: Callable[[str], bool] | None  # the lines that also reach the terminal (None: none)
     file: TextIO | None = None
+    closed: bool = False  # by the interpreter's exit: later lines (Ray's log thread) append and close
 
     def write(self, data: dict[str, Any]) -> None:
         lines = [line for line in data.get("lines", []) if line is not None]
         if not lines:
             return
-        prefix = f"({_source(data)}) "
-        if self.file is None:
-            self.log.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.log, "a", buffering=1)  # noqa: SIM115 (open while the route is set)
-        self.file.write("".join(f"{prefix}{line}\n" for line in lines))
+        text = "".join(f"({_source(data)}) {line}\n" for line in lines)
+        if self.closed:  # reopened for good, it would be collected unclosed (a ResourceWarning on the terminal)
+            with open(self.log, "a") as late:
+                late.write(text)
+        else:
+            if self.file is None:
+                self.log.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.log, "a", buffering=1)  # noqa: SIM115 (open while the route is set)
+            self.file.write(text)
         if self.show is not None:
             shown = [line for line in lines if self.show(line)]
             if shown:
                 sys.stdout.write("".join(f"{line}\n" for line in shown))
                 sys.stdout.flush()
 
-    def close(self) -> None:
+    def close(self, for_good: bool = False) -> None:
+        self.closed = self.closed or for_good
         if self.file is not None:
             self.file.close()
             self.file = None
@@ -87,7 +93,7 @@ def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool = False) -> Non
 def _close_route() -> None:
     with _lock:
         if _route is not None:
-            _route.close()
+            _route.close(for_good=True)
 
 
 atexit.register(_close_route)  # the log is closed before the interpreter exits, not collected unclosed
