@@ -66,7 +66,7 @@ class RaykdTrainer(TorchTrainer):
       and sets up and tears down a one-rank gloo group through four calls to the worker. A plain
       ``BackendConfig`` skips both; the worker computes the same numbers.
 
-    Ray is pinned: the tests assert that no such actor starts and that no group is made."""
+    Ray is pinned: the tests assert that no such actor starts and which backend a run gets."""
 
     def __init__(self, train_loop_per_worker, *, scaling_config: ScalingConfig, torch_config: TorchConfig, **kwargs):
         if scaling_config.num_workers == 1:
