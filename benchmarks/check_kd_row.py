@@ -15,7 +15,7 @@ import sys
 from benchmarks.common import DEMO, OUT, VARIANTS, machine, same_machine
 from benchmarks.kd_vs_student import measure
 from raykd.load import load_experiment
-from raykd.train.launch import ensure_teachers
+from raykd.train.teacher_runs import ensure_teachers
 
 
 def main(argv: list[str] | None = None) -> int:

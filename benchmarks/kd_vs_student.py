@@ -18,7 +18,8 @@ from benchmarks.common import DEMO, OUT, VARIANTS, machine, save
 from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Schedule
 from raykd.load import load_experiment, validate_method
-from raykd.train.launch import ensure_teachers, run_training, teacher_metrics
+from raykd.train.launch import run_training
+from raykd.train.teacher_runs import ensure_teachers, teacher_metrics
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from benchmarks.common import DEMO, OUT, save
 from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Schedule
 from raykd.load import load_experiment
-from raykd.train.launch import build_trainer, ensure_ray, ensure_teachers
+from raykd.train.launch import build_trainer, ensure_ray
+from raykd.train.teacher_runs import ensure_teachers
 
 
 def sweep(exp, orders, epochs: int, storage, cache) -> tuple[float, dict[str, float]]:

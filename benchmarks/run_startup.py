@@ -41,7 +41,7 @@ def variant(name: str):
     """Ray Train's defaults for ``ray defaults``; raykd's own otherwise (``torch backend``: with
     TorchConfig at one worker). The driver's RAY_TRAIN_* variables reach the run's controller (Ray
     Train propagates them), over the job's."""
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     import raykd.train.launch as launch
 
@@ -50,8 +50,9 @@ def variant(name: str):
         return
     if name == "torch backend":
         class TorchBackendTrainer(launch.RaykdTrainer):
-            def __init__(self, fn, *, scaling_config, torch_config, **kwargs):
-                TorchTrainer.__init__(self, fn, scaling_config=scaling_config, torch_config=torch_config, **kwargs)
+            @staticmethod
+            def backend_for(scaling_config, ddp_backend):
+                return TorchConfig(backend=ddp_backend or "gloo")
 
         launch.RaykdTrainer, raykd_trainer = TorchBackendTrainer, launch.RaykdTrainer
         try:
@@ -60,7 +61,10 @@ def variant(name: str):
             launch.RaykdTrainer = raykd_trainer
         return
     kept, os.environ[WATCHER] = os.environ.get(WATCHER), "1"
-    launch.RaykdTrainer, raykd_trainer = TorchTrainer, launch.RaykdTrainer
+    def ray_torch_trainer(fn, *, ddp_backend, **kwargs):
+        return TorchTrainer(fn, torch_config=TorchConfig(backend=ddp_backend), **kwargs)
+
+    launch.RaykdTrainer, raykd_trainer = ray_torch_trainer, launch.RaykdTrainer
     try:
         yield
     finally:

@@ -42,8 +42,8 @@ from raykd.distill import frs as frs_mod
 from raykd.distill.base import KDStep, get_method
 from raykd.load import load_experiment
 from raykd.models.builder import build_detector, freeze, load_weights
-from raykd.train.launch import ensure_teachers
 from raykd.train.model import DistillModel
+from raykd.train.teacher_runs import ensure_teachers
 from raykd.train.teachers import teacher_checkpoint
 
 # Which part of the teacher each method reads (its floor's teacher term).

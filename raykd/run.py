@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         return print_check(exp, spec.resources, SearchPlan(trials=None, schedule=exp.schedules.search))
     # Ray and Ray Train load here, once the run is checked: `--help`, `--check` and a bad input skip them
     # (importing raykd.train.launch costs about 1 s more than the rest of raykd.run).
-    from raykd.train.launch import RunConsole, ensure_teachers, run_outcome, run_training, teacher_metrics
+    from raykd.train.launch import RunConsole, run_outcome, run_training
+    from raykd.train.teacher_runs import ensure_teachers, teacher_metrics
 
     out = (args.out or Path("runs") / f"{exp.name}-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     teachers = stage_teachers(spec)

@@ -235,7 +235,7 @@ def _fail(phase):
 
 # Where a final run can fail after its MLflow run was opened: (module, function, phase).
 FAILING_PHASES = {
-    "teacher training": ("raykd.train.launch", "ensure_teachers"),
+    "teacher training": ("raykd.train.teacher_runs", "ensure_teachers"),
     "training": ("raykd.train.launch", "run_training"),
     "registration": ("raykd.tracking.registry", "register_student"),
 }

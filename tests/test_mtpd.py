@@ -10,9 +10,10 @@ from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
 from raykd.load import load_experiment
 from raykd.train import loop
-from raykd.train.launch import build_trainer, ensure_teachers, run_training
+from raykd.train.launch import build_trainer, run_training
 from raykd.train.layout import STUDENT_FILE
 from raykd.train.stages import plan_stages, stage_teachers
+from raykd.train.teacher_runs import ensure_teachers
 
 ORDER = ["big", "gfl"]
 

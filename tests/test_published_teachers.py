@@ -57,7 +57,7 @@ def published(tmp_path, monkeypatch):
 
 
 def test_a_fresh_cache_takes_the_published_teachers_instead_of_training_them(published, monkeypatch, capsys):
-    from raykd.train import launch
+    from raykd.train import teacher_runs
 
     exp, trained_here = published
     assert sorted(p.name for p in published_root(exp).iterdir()) == sorted(
@@ -67,14 +67,14 @@ def test_a_fresh_cache_takes_the_published_teachers_instead_of_training_them(pub
     def no_training(*args, **kwargs):
         raise AssertionError("a published teacher was trained")
 
-    monkeypatch.setattr(launch, "run_training", no_training)
-    launch.ensure_teachers(exp, list(exp.teachers), published_root(exp).parent / "ray")
+    monkeypatch.setattr(teacher_runs, "run_training", no_training)
+    teacher_runs.ensure_teachers(exp, list(exp.teachers), published_root(exp).parent / "ray")
     out = capsys.readouterr().out
     for name in exp.teachers:
         copy = cached_teacher_dir(exp, name) / STUDENT_FILE
         assert copy.read_bytes() == (trained_here / "teachers" / copy.parent.name / STUDENT_FILE).read_bytes()
         assert f"teacher {name!r}: published copy" in out
-    assert launch.teacher_metrics(exp, "big") == {"bbox_mAP": 0.1}
+    assert teacher_runs.teacher_metrics(exp, "big") == {"bbox_mAP": 0.1}
 
 
 def test_a_published_teacher_that_fails_its_checksum_is_trained_instead(published, capsys):

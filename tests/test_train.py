@@ -13,9 +13,10 @@ from raykd.distill import get_method
 from raykd.eval.coco import METRIC_NAMES
 from raykd.load import load_experiment
 from raykd.models.builder import load_weights
-from raykd.train.launch import ensure_teachers, run_training
+from raykd.train.launch import run_training
 from raykd.train.layout import STUDENT_FILE, TRAIN_STATE_FILE
 from raykd.train.model import DistillModel
+from raykd.train.teacher_runs import ensure_teachers
 
 
 def spec_for(exp, workers, method="feature", epochs=3, seed=0, **params):

@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, str]:
     args = parse_args(argv)
     exp = load_experiment(args.experiment)
-    from raykd.train.launch import RunConsole, ensure_teachers
+    from raykd.train.launch import RunConsole
+    from raykd.train.teacher_runs import ensure_teachers
     from raykd.train.teachers import (
         CHECKSUMS,
         publish_teachers,

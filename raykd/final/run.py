@@ -239,7 +239,8 @@ def train_and_register(promo, spec, out: Path, tracker, run_id: str, baseline: b
     # MLflow's model registry and Ray Train load here, when a run starts: importing them with this
     # module would cost raykd.final's every start, and a bad input's exit, about 1.7 s more.
     from raykd.tracking.registry import register_student, registered_name
-    from raykd.train.launch import RunConsole, ensure_teachers, run_outcome, run_training, teacher_metrics
+    from raykd.train.launch import RunConsole, run_outcome, run_training
+    from raykd.train.teacher_runs import ensure_teachers, teacher_metrics
 
     trial, exp, ray_dir = promo.trial, spec.experiment, out / "ray"
     teachers = stage_teachers(spec)

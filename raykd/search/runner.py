@@ -78,8 +78,9 @@ from raykd.tracking.store import (
 )
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
-from raykd.train.launch import ensure_ray, ensure_teachers
+from raykd.train.launch import ensure_ray
 from raykd.train.stages import stage_iters
+from raykd.train.teacher_runs import ensure_teachers
 from raykd.train.teachers import teachers_to_train
 
 WORKER_RETRIES = 2  # Ray Train restarts a lost worker group from the trial's last checkpoint

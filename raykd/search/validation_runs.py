@@ -39,10 +39,11 @@ from raykd.tracking.store import (
 )
 from raykd.train.cluster import check_cluster_fits, trial_driver_resources
 from raykd.train.hooks import TrainHook
-from raykd.train.launch import ensure_ray, ensure_teachers
+from raykd.train.launch import ensure_ray
 from raykd.train.layout import STUDENT_FILE, latest_checkpoint
 from raykd.train.ray_console import ray_log
 from raykd.train.stages import stage_teachers
+from raykd.train.teacher_runs import ensure_teachers
 
 WORKER_RETRIES = 2  # as in a search: a lost worker group restarts from the run's last checkpoint
 

@@ -117,13 +117,18 @@ def load_space(path: str | Path) -> SearchSpace:
     if not exp_path.is_file():
         raise ConfigError(src, "experiment", f"file not found: {exp_path}")
     exp = load_experiment(exp_path, space.overrides)
-    space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp})
+    space = space.model_copy(update={"experiment": exp_path.resolve(), "loaded_experiment": exp,
+                                     "teacher_methods": _teacher_methods(space)})
     space = _with_objectives(space)
     if not space.multi_objective:
         _check_metric(space, "metric", space.metric)
     space = space.model_copy(update={"variant_experiments": _variant_experiments(space)})
     _check_params(space)
     return _with_defaults(_with_algorithm_sample_count(space))
+
+
+def _teacher_methods(space: SearchSpace) -> list[str]:
+    return [m for m in space.methods if m in method_names() and get_method(m).uses_teacher]
 
 
 ASHA_WITH_OBJECTIVES = ("ASHA stops trials on one metric; with several objectives it would stop the trials behind on the "

@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 from raykd.config.run import MethodSpec
-from raykd.distill.base import get_method
 from raykd.spaces.schema import Choice, IntRange, LogUniform, Order, SearchSpace, Uniform
 
 MAX_CATEGORICAL_ORDERS = 720
@@ -58,7 +57,7 @@ class define_by_run:  # noqa: N801  (used like a function; a class so Tune can p
             trial.suggest_categorical(STUDENT_PARAM, list(space.student.values))
         methods = space.methods
         method = methods[0] if isinstance(space.method, str) else trial.suggest_categorical("method", methods)
-        if isinstance(space.teacher, Choice) and get_method(method).uses_teacher:
+        if isinstance(space.teacher, Choice) and uses_teacher(space, method):
             trial.suggest_categorical("teacher", list(space.teacher.values))
         params = space.params.get(method, {})
         partners = {d.divides for d in params.values() if isinstance(d, Choice) and d.divides}
@@ -159,7 +158,17 @@ def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
         elif pname in flat:
             _set_nested(values, name, _plain(flat[pname]))
     teacher = space.teacher if isinstance(space.teacher, str) else flat.get("teacher")
-    return MethodSpec(name=method, params=values, teacher=teacher if get_method(method).uses_teacher else None)
+    return MethodSpec(name=method, params=values, teacher=teacher if uses_teacher(space, method) else None)
+
+
+def uses_teacher(space: SearchSpace, method: str) -> bool:
+    """Whether ``method`` reads the single teacher a trial names: as resolved at load, else from the
+    method registry (importing it loads torch, which a trial actor otherwise never needs)."""
+    if space.teacher_methods is not None:
+        return method in space.teacher_methods
+    from raykd.distill.base import get_method
+
+    return get_method(method).uses_teacher
 
 
 def defaults_spec(space: SearchSpace, method: str) -> MethodSpec:
@@ -170,7 +179,7 @@ def defaults_spec(space: SearchSpace, method: str) -> MethodSpec:
     for name, value in space.fixed.get(method, {}).items():
         _set_nested(values, name, value)
     teacher = space.teacher if isinstance(space.teacher, str) or space.teacher is None else str(space.teacher.values[0])
-    return MethodSpec(name=method, params=values, teacher=teacher if get_method(method).uses_teacher else None)
+    return MethodSpec(name=method, params=values, teacher=teacher if uses_teacher(space, method) else None)
 
 
 def defaults_config(method: str) -> dict[str, Any]:

@@ -167,6 +167,9 @@ class SearchSpace(Strict):
     # Set at load: the methods whose defaults run as reference trials, and why the others' do not.
     default_methods: list[str] = []
     default_notes: list[str] = []
+    # Set at load: the methods that read a single teacher (None: not resolved; ask the method
+    # registry). Resolved once in the driver, so a trial actor need not import the methods (torch).
+    teacher_methods: list[str] | None = None
 
     @property
     def methods(self) -> list[str]:

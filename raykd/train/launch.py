@@ -1,30 +1,24 @@
-"""Launch a RunSpec as a Ray Train ``TorchTrainer``; train missing teachers first."""
+"""Launch a RunSpec as a Ray Train run (raykd's ``RaykdTrainer``).
+
+Nothing here imports torch: a search's trial actor imports this module to launch its trial's run, and
+only the run's workers train (``raykd.train.entry`` brings the training loop to them)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.train import BackendConfig, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-from raykd.common.cache import build_once
-from raykd.common.errors import ConfigError
-from raykd.config.experiment import Experiment, ModelSpec
-from raykd.config.run import MethodSpec, RunSpec
+from raykd.config.run import RunSpec
 from raykd.train.cluster import check_cluster_fits, init_ray
+from raykd.train.entry import train_worker
 from raykd.train.hooks import TrainHook
-from raykd.train.layout import STUDENT_FILE
-from raykd.train.loop import train_worker
-from raykd.train.ray_console import raykd_line, showing
-from raykd.train.stage_checkpoints import as_uri, stages_uri
-from raykd.train.teachers import adopt_published_teachers, cached_teacher_dir, missing_teachers
+from raykd.train.layout import as_uri, stages_uri
 
 
 def ensure_ray(address: str | None = None, quiet: bool = False, log: Path | None = None,
@@ -54,8 +48,9 @@ class RunConsole:
                   "--verbose shows it here", flush=True)
 
 
-class RaykdTrainer(TorchTrainer):
-    """Ray Train's ``TorchTrainer`` without what a run of raykd does not use:
+class RaykdTrainer(DataParallelTrainer):
+    """Ray Train's data-parallel trainer, with the torch backend where a run has a group to reduce over
+    (as ``TorchTrainer`` sets it up), and without what a run of raykd does not use:
 
     - its Ray Data plumbing when a run has no Ray Datasets. Ray Train 2.60 starts a ``DatasetManager``
       actor (one more process, importing Ray Data) with every run, datasets or not; raykd's workers
@@ -65,15 +60,29 @@ class RaykdTrainer(TorchTrainer):
       backend makes the run's controller import torch (its ``TorchConfig`` module does, ~1.3 s of CPU)
       and sets up and tears down a one-rank gloo group through four calls to the worker. A plain
       ``BackendConfig`` skips both; the worker computes the same numbers.
+    - torch in the process that launches a one-worker run: ``TorchTrainer``'s module imports it, and a
+      search's trial actor, which only launches its trial's run, would pay ~1.2 s of CPU for it.
 
     Ray is pinned: the tests assert that no such actor starts and which backend a run gets."""
 
-    def __init__(self, train_loop_per_worker, *, scaling_config: ScalingConfig, torch_config: TorchConfig, **kwargs):
+    def __init__(self, train_loop_per_worker, *, scaling_config: ScalingConfig, ddp_backend: str | None, **kwargs):
+        super().__init__(train_loop_per_worker, backend_config=self.backend_for(scaling_config, ddp_backend),
+                         scaling_config=scaling_config, **kwargs)
+
+    @staticmethod
+    def backend_for(scaling_config: ScalingConfig, ddp_backend: str | None) -> BackendConfig:
+        """``ddp_backend`` None: NCCL on GPUs, gloo on CPUs (TorchTrainer's choice)."""
         if scaling_config.num_workers == 1:
-            DataParallelTrainer.__init__(self, train_loop_per_worker, backend_config=BackendConfig(),
-                                         scaling_config=scaling_config, **kwargs)
-        else:  # 0 (local mode: TorchTrainer's own local controller) or DDP over 2+ workers
-            super().__init__(train_loop_per_worker, torch_config=torch_config, scaling_config=scaling_config, **kwargs)
+            return BackendConfig()
+        from ray.train.torch import TorchConfig
+
+        return TorchConfig(backend=ddp_backend or ("nccl" if scaling_config.use_gpu else "gloo"))
+
+    def _get_local_controller(self):
+        """Local mode (``workers: 0``) trains in this process, as ``TorchTrainer``'s does."""
+        from ray.train.v2._internal.execution.local_mode.torch import LocalTorchController
+
+        return LocalTorchController(experiment_name=self.run_config.name, datasets=self.datasets)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
@@ -108,7 +117,7 @@ def build_trainer(
     )
     return RaykdTrainer(
         train_worker,
-        torch_config=TorchConfig(backend=ddp_backend(res)),
+        ddp_backend=ddp_backend(res),
         train_loop_config={
             "spec": spec.to_dict(),
             "stages_dir": stages_uri(storage_path, name),
@@ -159,60 +168,3 @@ def run_training(spec: RunSpec, name: str, storage_path: str | Path, max_failure
         console.start_ray()
         check_cluster_fits(spec.resources, spec.experiment.source)
     return build_trainer(spec, name, storage_path, max_failures=max_failures, train_hooks=train_hooks).fit()
-
-
-def teacher_run_spec(exp: Experiment, name: str) -> RunSpec:
-    """Training a teacher is a student-only run with the teacher's model, schedule and optimiser."""
-    t = exp.teachers[name]
-    as_student = exp.model_copy(
-        update={"student": ModelSpec(config=t.config, overrides=t.overrides), "optim": t.train.optim or exp.optim}
-    )
-    return RunSpec(
-        experiment=as_student,
-        method=MethodSpec(name="none"),
-        schedule=t.train.schedule,
-        seed=t.train.seed,
-        resources=exp.resources,
-    )
-
-
-def ensure_teachers(exp: Experiment, names: list[str], storage_path: str | Path,
-                    console: RunConsole = RunConsole(), use_published: bool = True) -> None:
-    """Train every named teacher that is not cached yet (once; later runs reuse the cache), unless
-    a published copy of it is there to take (``raykd.train.teachers``; not with ``use_published``
-    off, as when publishing)."""
-    if use_published:
-        adopt_published_teachers(exp, names)
-    for name in missing_teachers(exp, names):
-        if exp.teachers[name].train is None:
-            continue  # a user checkpoint; its absence was reported when the file was loaded
-        print(f"[raykd] teacher {name!r} is not cached: training it now (once)", flush=True)
-        # The run name carries the hash: Ray Train resumes a run of the same name from its checkpoints.
-        run_name = cached_teacher_dir(exp, name).name
-        with showing(raykd_line):  # its progress lines, even on a search's console (which shows none of its trials')
-            result = run_training(teacher_run_spec(exp, name), f"teacher-{run_name}", storage_path, console=console)
-        outcome = run_outcome(result)
-        if outcome.diverged or result.checkpoint is None:
-            why = outcome.diverged or "no checkpoint was written"
-            raise ConfigError(exp.source, f"teachers.{name}.train", f"teacher training failed: {why} (try a lower lr)")
-
-        def publish(tmp: Path, result=result) -> None:
-            with result.checkpoint.as_directory() as d:
-                shutil.copy(Path(d) / STUDENT_FILE, tmp / STUDENT_FILE)
-            (tmp / "metrics.json").write_text(json.dumps(_final_metrics(result.metrics), indent=2))
-
-        build_once(cached_teacher_dir(exp, name), publish)
-        print(f"[raykd] teacher {name!r} cached at {cached_teacher_dir(exp, name)}", flush=True)
-
-
-def teacher_metrics(exp: Experiment, name: str) -> dict[str, float]:
-    """The AP raykd measured when it trained the teacher; none for a teacher given as a checkpoint
-    (it has no ``train:``, so no cache key either: its table row shows dashes)."""
-    if exp.teachers[name].train is None:
-        return {}
-    path = cached_teacher_dir(exp, name) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}

@@ -32,17 +32,6 @@ from raykd.train.layout import STUDENT_FILE
 HISTORY_FILE = "history.json"  # a cached prefix's per-epoch metrics, reported again on reuse
 PREFIX_KEY_VERSION = 2  # bump when training changes so that old prefixes are not reused
 
-STAGES_DIR = "stages"
-
-
-def as_uri(location: str | Path) -> str:
-    """An object-store URI as it is, a local path made absolute (what pyarrow's from_uri needs)."""
-    return str(location).rstrip("/") if "://" in str(location) else str(Path(location).resolve())
-
-
-def stages_uri(storage_path: str | Path, run_name: str) -> str:
-    return f"{as_uri(storage_path)}/{run_name}/{STAGES_DIR}"
-
 
 def stage_name(index: int, teacher: str | None) -> str:
     """``stage1-gfl_r34_w32``: 1-based, as progress lines and metrics count stages."""
