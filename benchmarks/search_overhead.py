@@ -17,6 +17,7 @@ holds it), the same definition as ``overhead_fraction_with_warmup`` after.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,12 @@ def run_demo(commit: str) -> dict:
         try:
             sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, check=True, capture_output=True,
                                  text=True).stdout.strip()
+            # PYTHONPATH, not only the working directory: Ray's processes (trial actors, Train controllers
+            # and workers: where a trial's code runs) would import raykd from the editable install, i.e.
+            # this checkout, whatever the driver runs (sessions 6 and 16 measured so: see the README).
             subprocess.run([sys.executable, "-m", "raykd.tune", "search_spaces/demo.yaml", "--results-dir",
-                            str(results), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"], cwd=tree, check=True)
+                            str(results), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"], cwd=tree, check=True,
+                           env={**os.environ, "PYTHONPATH": str(tree)})
             state = json.loads((results / "search.json").read_text())
             trials = yaml.safe_load((results / "trials.yaml").read_text())["trials"]
         finally:
