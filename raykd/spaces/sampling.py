@@ -164,8 +164,9 @@ def trial_method(space: SearchSpace, config: dict[str, Any]) -> MethodSpec:
 def uses_teacher(space: SearchSpace, method: str) -> bool:
     """Whether ``method`` reads the single teacher a trial names: as resolved at load, else from the
     method registry (importing it loads torch, which a trial actor otherwise never needs)."""
-    if space.teacher_methods is not None:
-        return method in space.teacher_methods
+    known = getattr(space, "teacher_methods", None)  # None too in a space pickled before the field (a resumed search)
+    if known is not None:
+        return method in known
     from raykd.distill.base import get_method
 
     return get_method(method).uses_teacher
