@@ -1,7 +1,8 @@
 """Per-trial overhead of the demo search, before and after a change, side by side (issue 13).
 
 Each phase checks a commit out into a temporary git worktree and runs the embedded demo search
-(``python -m raykd.tune search_spaces/demo.yaml``) from it, on this machine, one after the other:
+(``python -m raykd.tune search_spaces/demo.yaml``, its finalists left out) from it, on this machine, one
+after the other:
 ``before`` (``BEFORE``: main before the overhead work) and ``after`` (HEAD).
 Recorded per run (raw: ``benchmarks/out/search_overhead.json``): the search's timeline (share of
 trial-slot time outside steps, counting ICD-style warm-up steps as steps and as overhead, mean
@@ -32,6 +33,16 @@ RAW = OUT / "search_overhead.json"
 BEFORE = "e197d4b"  # main before the overhead work of session 6 (timeline without warm-up time)
 
 
+def search_phase_space(tree: Path) -> Path:
+    """The demo space without its finalists (since issue 21): the timeline covers the search phase only,
+    and the finalists (~14.5 min on 2 cores) would double each phase for nothing it measures."""
+    space = yaml.safe_load((tree / "search_spaces" / "demo.yaml").read_text())
+    space["search"].pop("finalists", None)
+    path = tree / "search_spaces" / "demo_search_phase.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
 def run_demo(commit: str) -> dict:
     """The demo search at ``commit``, from a worktree of it; its timeline and trials."""
     with tempfile.TemporaryDirectory(prefix="raykd-overhead-") as tmp:
@@ -44,7 +55,7 @@ def run_demo(commit: str) -> dict:
             # PYTHONPATH, not only the working directory: Ray's processes (trial actors, Train controllers
             # and workers: where a trial's code runs) would import raykd from the editable install, i.e.
             # this checkout, whatever the driver runs (sessions 6 and 16 measured so: see the README).
-            subprocess.run([sys.executable, "-m", "raykd.tune", "search_spaces/demo.yaml", "--results-dir",
+            subprocess.run([sys.executable, "-m", "raykd.tune", str(search_phase_space(tree)), "--results-dir",
                             str(results), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"], cwd=tree, check=True,
                            env={**os.environ, "PYTHONPATH": str(tree)})
             state = json.loads((results / "search.json").read_text())
