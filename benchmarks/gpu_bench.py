@@ -28,6 +28,7 @@ import argparse
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,18 @@ def timed(fn, device: torch.device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def measured_row(name: str, measure, **fields) -> dict[str, Any]:
+    """``measure()``'s row; one that raises (a method's bug on CUDA, out of memory) is kept as a row with
+    its error, so a GPU run's other rows still come back, and the exit status says a row failed."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 - any failure of one row: recorded, the run goes on
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print(f"[gpu_bench] {name}: FAILED {type(err).__name__}: {err}", flush=True)
+        return {"name": name, **fields, "error": f"{type(err).__name__}: {err}"}
+
+
 # ---- phase: steps (raykd's training step, every method and precision) -------------------------
 def load_batches(exp, n: int) -> list:
     """``n`` training batches from raykd's own dataset and loader (the student config's pipeline)."""
@@ -191,16 +204,20 @@ def phase_steps(ctx: Context) -> list[dict[str, Any]]:
     rows = []
     for precision in ctx.precisions:
         for method in ("none", *KD_METHODS):
-            reset_peak(ctx.device)
-            step = make_step(ctx.exp, method, ctx.teacher, ctx.device, precision)
-            s = timed(lambda i, step=step: step(ctx.batches[i % len(ctx.batches)], i), ctx.device,
-                      ctx.size.warmup, ctx.size.steps)
-            rows.append({"phase": "steps", "name": f"raykd {method} {precision}", "method": method,
-                         "precision": precision, "s_per_step": s, "images_per_s": ctx.size.batch / s,
-                         "peak_mem_mb": peak_mb(ctx.device)})
-            print(f"[gpu_bench] {rows[-1]['name']}: {rows[-1]['images_per_s']:.1f} img/s, "
-                  f"peak {rows[-1]['peak_mem_mb']:.0f} MB", flush=True)
-            del step
+            name = f"raykd {method} {precision}"
+
+            def measure(method=method, precision=precision, name=name) -> dict[str, Any]:
+                reset_peak(ctx.device)
+                step = make_step(ctx.exp, method, ctx.teacher, ctx.device, precision)
+                s = timed(lambda i: step(ctx.batches[i % len(ctx.batches)], i), ctx.device,
+                          ctx.size.warmup, ctx.size.steps)
+                row = {"phase": "steps", "name": name, "method": method, "precision": precision,
+                       "s_per_step": s, "images_per_s": ctx.size.batch / s, "peak_mem_mb": peak_mb(ctx.device)}
+                print(f"[gpu_bench] {name}: {row['images_per_s']:.1f} img/s, peak {row['peak_mem_mb']:.0f} MB",
+                      flush=True)
+                return row
+
+            rows.append(measured_row(name, measure, phase="steps", method=method, precision=precision))
     return rows
 
 
@@ -221,11 +238,15 @@ def phase_teacher(ctx: Context) -> list[dict[str, Any]]:
                         with torch.no_grad():
                             ctx.teacher.bbox_head(feats)
 
-            reset_peak(ctx.device)
-            s = timed(forward, ctx.device, ctx.size.warmup, ctx.size.steps)
-            step = ctx.row(f"raykd feature {precision}")["s_per_step"]
-            rows.append({"phase": "teacher", "name": f"teacher {part} {precision}", "precision": precision,
-                         "s_per_step": s, "share_of_feature_step": s / step, "peak_mem_mb": peak_mb(ctx.device)})
+            def measure(forward=forward, part=part, precision=precision) -> dict[str, Any]:
+                reset_peak(ctx.device)
+                s = timed(forward, ctx.device, ctx.size.warmup, ctx.size.steps)
+                step = ctx.row(f"raykd feature {precision}").get("s_per_step")  # None: that row failed
+                return {"phase": "teacher", "name": f"teacher {part} {precision}", "precision": precision,
+                        "s_per_step": s, "share_of_feature_step": s / step if step else None,
+                        "peak_mem_mb": peak_mb(ctx.device)}
+
+            rows.append(measured_row(f"teacher {part} {precision}", measure, phase="teacher", precision=precision))
     return rows
 
 
@@ -328,12 +349,16 @@ def phase_loop(ctx: Context) -> list[dict[str, Any]]:
     iters = ctx.size.runner_iters
     rows = []
     for name, fn in (("mmengine Runner none fp32", run_mmengine), ("raykd loader+step none fp32", run_raykd_loop)):
-        s, mem = fn(ctx, iters)
-        rows.append({"phase": "loop", "name": name, "s_per_step": s, "images_per_s": ctx.size.batch / s,
-                     "peak_mem_mb": mem, "data_workers": ctx.size.data_workers, "iterations": iters})
-        print(f"[gpu_bench] {name}: {rows[-1]['images_per_s']:.1f} img/s", flush=True)
-    rows.append({"phase": "loop", "name": "raykd / mmengine throughput",
-                 "ratio": rows[0]["s_per_step"] / rows[1]["s_per_step"]})
+        def measure(name=name, fn=fn) -> dict[str, Any]:
+            s, mem = fn(ctx, iters)
+            print(f"[gpu_bench] {name}: {ctx.size.batch / s:.1f} img/s", flush=True)
+            return {"phase": "loop", "name": name, "s_per_step": s, "images_per_s": ctx.size.batch / s,
+                    "peak_mem_mb": mem, "data_workers": ctx.size.data_workers, "iterations": iters}
+
+        rows.append(measured_row(name, measure, phase="loop"))
+    if all("error" not in r for r in rows):
+        rows.append({"phase": "loop", "name": "raykd / mmengine throughput",
+                     "ratio": rows[0]["s_per_step"] / rows[1]["s_per_step"]})
     return rows
 
 
@@ -353,13 +378,19 @@ def run_search(ctx: Context, name: str, trials: int, gpus: float, cpus: int) -> 
 
     space = write_yaml(ctx.work / f"space-{name}.yaml", space_dict(ctx.exp_path, trials, gpus, cpus))
     results, log = ctx.work / f"search-{name}", ctx.work / f"search-{name}.log"
+    shutil.rmtree(results, ignore_errors=True)  # a previous bench run's search (raykd.tune refuses to mix them)
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-m", "raykd.tune", str(space), "--results-dir", str(results)],
                               stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=ctx.child_env())
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"search {name} failed (exit {proc.returncode}): see {log}")
+        raise RuntimeError(f"search {name} failed (exit {proc.returncode}): see {log} and {results / 'ray.log'}")
+    # Trials per hour counts trials that trained: a search whose trials failed at once is no throughput.
+    scored = yaml.safe_load((results / "trials.yaml").read_text())["trials"]
+    if len(scored) != trials:
+        raise RuntimeError(f"search {name}: {len(scored)} of {trials} trials finished: see {log} and "
+                           f"{results / 'ray.log'}")
     return {"phase": "trials", "name": f"search {name}", "trials": trials, "gpus_per_trial": gpus,
             "cpus_per_trial": cpus, "wall_s": wall, "trials_per_hour": 3600 * trials / wall}
 
@@ -410,6 +441,13 @@ class Context:
 PHASES = {"steps": phase_steps, "teacher": phase_teacher, "loop": phase_loop, "trials": phase_trials}
 
 
+def run_phase(ctx: Context, name: str) -> list[dict[str, Any]]:
+    """A phase's rows; a phase that fails as a whole (a search that exits non-zero) leaves one row with its
+    error and the next phase still runs."""
+    rows = measured_row(f"phase {name}", lambda: PHASES[name](ctx), phase=name)
+    return rows if isinstance(rows, list) else [rows]
+
+
 def setup_info(ctx: Context, tiny: bool) -> dict[str, Any]:
     cuda = ctx.device.type == "cuda"
     return {"size": "tiny" if tiny else "full", "device": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -449,11 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.phase or list(PHASES):
         t0 = time.perf_counter()
-        ctx.rows.extend(PHASES[name](ctx))
+        ctx.rows.extend(run_phase(ctx, name))
         result["setup"][f"{name}_phase_s"] = time.perf_counter() - t0
         args.out.write_text(json.dumps(result, indent=2))  # after every phase: a cut-short run keeps its rows
         print(f"[gpu_bench] phase {name} done ({time.perf_counter() - t0:.0f} s) -> {args.out}", flush=True)
-    bad = [r["name"] for r in ctx.rows if not all(math.isfinite(v) for v in r.values() if isinstance(v, float))]
+    bad = [r["name"] for r in ctx.rows
+           if "error" in r or not all(math.isfinite(v) for v in r.values() if isinstance(v, float))]
+    if bad:
+        print(f"[gpu_bench] rows failed or not finite: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0
 
 

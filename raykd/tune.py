@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None):
         print(f"search interrupted; nothing is lost. Resume with:\n  python -m raykd.tune --resume {outcome.results_dir}")
         raise SystemExit(130)
     _print_summary(space, outcome, absolute_uri(args.tracking_uri or uri or space.exp.tracking_uri))
+    if outcome.best is None:  # every trial failed: a script (or CI) must not read this as a search done
+        raise SystemExit(1)
     return outcome
 
 

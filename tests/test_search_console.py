@@ -20,12 +20,12 @@ RAY_INTERNALS = ("TrainController", "PlacementGroupCleaner", "core_worker.cc", "
 LABEL = r"feature λ=[\d.e+-]+"
 
 
-def tune(tmp, space: str, *options: str, env: dict[str, str] | None = None):
+def tune(tmp, space: str, *options: str, env: dict[str, str] | None = None, exit_status: int = 0):
     uri = f"sqlite:///{tmp}/mlflow.db"
     cmd = [sys.executable, "-m", "raykd.tune", str(TESTS / "data" / space), "--results-dir", str(tmp / "results"),
            "--tracking-uri", uri, *options]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, **(env or {})})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == exit_status, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, tmp / "results", uri
 
 
@@ -38,7 +38,8 @@ def quiet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def diverging(tmp_path_factory):
-    return tune(tmp_path_factory.mktemp("diverging"), "diverging_space.yaml")
+    # Its only trial fails: the search exits 1 (a script must not read it as a search done).
+    return tune(tmp_path_factory.mktemp("diverging"), "diverging_space.yaml", exit_status=1)
 
 
 def test_quiet_search_prints_one_line_per_trial_event(quiet):
@@ -113,13 +114,14 @@ def test_a_failed_trial_is_one_line_with_its_reason(diverging):
     both = proc.stdout + proc.stderr
     assert re.search(rf"^\S+ trial 1 {LABEL} failed: loss diverged \(\S+\) at iteration 0 of stage 1/1 feature$",
                      proc.stdout, re.M), proc.stdout
+    assert proc.stdout.rstrip().endswith("no trial finished; nothing to promote")
     assert "Traceback" not in both
     for internal in RAY_INTERNALS:
         assert internal not in both, internal
 
 
 def test_verbose_shows_ray_and_tune_output_too(tmp_path):
-    proc, _, _ = tune(tmp_path, "diverging_space.yaml", "--verbose")
+    proc, _, _ = tune(tmp_path, "diverging_space.yaml", "--verbose", exit_status=1)
     assert "Trial status" in proc.stdout + proc.stderr  # Tune's own table
     assert "RayTrainWorker pid=" in proc.stdout + proc.stderr  # the workers' logs
     assert re.search(rf"trial 1 {LABEL} failed: loss diverged", proc.stdout)
