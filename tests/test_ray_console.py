@@ -89,6 +89,34 @@ def test_a_worker_learns_its_own_cluster_and_a_failure_never_ends_it(monkeypatch
     worker_env.know_own_cluster()  # no exception: a failing setup hook would end the worker process
 
 
+def test_the_setup_hook_runs_where_raykd_cannot_be_imported(tmp_path):
+    """A Ray worker runs the setup hook before it puts the driver's directory on sys.path: from a
+    checkout that is not pip-installed, a hook given by module name killed every worker (session 18).
+    Pickled as Ray exports it, the hook must load and run in a process that cannot import raykd."""
+    import subprocess
+    import sys
+
+    import ray.cloudpickle
+
+    from raykd.train.cluster import runtime_env
+
+    hook = runtime_env()["worker_process_setup_hook"]
+    (tmp_path / "hook.pkl").write_bytes(ray.cloudpickle.dumps(hook))
+    probe = f"""
+import importlib.abc, os, pickle, sys
+class NoRaykd(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "raykd":
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, NoRaykd())
+pickle.loads(open({str(tmp_path / "hook.pkl")!r}, "rb").read())()
+print("ran", "raykd" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ran", "False"]
+
+
 def test_raykd_jobs_workers_carry_their_clusters_address(ray_cluster):
     """The setup hook in raykd's runtime environment runs in every worker (the Ray instance of the
     e2e session is started with it, as raykd's own ray.init starts one)."""

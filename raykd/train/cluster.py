@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.cloudpickle
 from ray import tune
 from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
 from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
+from raykd.train import worker_env
 from raykd.train.ray_console import raykd_line, route_ray_output
 
 GCS_TIMEOUT_S = 2.0  # a live GCS accepts a connection at once; a dead one refuses or never answers
@@ -92,12 +94,16 @@ TRAIN_POLL_S = "0.5"
 
 
 # Every worker process of raykd's jobs learns its own cluster's address (see raykd.train.worker_env).
-WORKER_SETUP_HOOK = "raykd.train.worker_env.know_own_cluster"
+# The hook travels as a function pickled by value, not as its module's name: a worker imports a hook
+# named so before Ray puts the driver's directory on its sys.path, so where raykd is importable only
+# from that directory (a checkout that is not pip-installed) every worker died importing raykd, and
+# every trial failed with "The actor never ran" (session 18, on a lent GPU machine).
+ray.cloudpickle.register_pickle_by_value(worker_env)
 
 
 def runtime_env() -> dict[str, Any]:
     """The runtime environment of raykd's Ray jobs (``ray.init``)."""
-    return {"env_vars": train_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
+    return {"env_vars": train_env(), "worker_process_setup_hook": worker_env.know_own_cluster}
 
 
 # Ray Train starts a preemption watcher actor (one more process) with every run: it polls the GCS for
