@@ -70,3 +70,28 @@ def test_the_reason_fits_a_tag(tmp_path):
     long = "x" * 1000
     assert failure_reason(trial_with(tmp_path, f"RuntimeError: {long}")) == f"RuntimeError: {long}"[:250]
     assert failure_reason(trial_with(tmp_path, f"Diverged: {long}\nmore")) == long[:250]
+
+
+# An actor whose worker died before it ran, as Ray 2.60 words it (captured from a worker whose setup
+# hook could not be imported): the cause is the traceback's last line, then Ray's trailer follows.
+ACTOR_NEVER_RAN = """ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.
+\tclass_name: ImplicitFunc
+\tip: 192.0.2.2
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Failed to execute the setup hook method, raykd.train.worker_env.know_own_cluster from ``ray.init(...)``.
+Traceback (most recent call last):
+  File "ray/_private/runtime_env/setup_hook.py", line 208, in load_and_execute_setup_hook_module
+ModuleNotFoundError: No module named 'raykd'
+
+The actor never ran - it was cancelled before it started running.
+"""
+
+
+def test_an_actor_that_never_ran_gives_why_its_worker_died(tmp_path):
+    """Session 18: every trial on a GPU machine showed only Ray's trailer, which says nothing of the cause."""
+    from raykd.common.errors import reason_line
+    from raykd.tracking.lifecycle import failure_reason as run_failure_reason
+
+    assert failure_reason(trial_with(tmp_path, ACTOR_NEVER_RAN)) == "ModuleNotFoundError: No module named 'raykd'"
+    assert run_failure_reason(RuntimeError(ACTOR_NEVER_RAN)) == "ModuleNotFoundError: No module named 'raykd'"
+    assert reason_line(ACTOR_NEVER_RAN, 200) == "ModuleNotFoundError: No module named 'raykd'"
+    assert reason_line("The actor never ran - it was cancelled before it started running.") == ""

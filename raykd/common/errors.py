@@ -16,6 +16,18 @@ class Diverged(RuntimeError):
     ``raykd.common.errors.Diverged: <where>``, which is how a failed trial's reason is read back."""
 
 
+# Lines Ray ends an error with that say nothing of its cause: an actor whose worker died before it ran
+# ends with this one, after the worker's own traceback (e.g. the ModuleNotFoundError that killed it).
+RAY_TRAILERS = frozenset({"The actor never ran - it was cancelled before it started running."})
+
+
+def reason_line(text: str, limit: int = 250) -> str:
+    """The last line of an error's text that says why it failed (a Ray error ends with the original
+    one, then maybe a trailer of Ray's), at most ``limit`` characters; '' when there is none."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and ln.strip() not in RAY_TRAILERS]
+    return lines[-1][:limit] if lines else ""
+
+
 class ConfigError(Exception):
     """Bad user input. Rendered as ``file: key: what is wrong (expected ...)``."""
 

@@ -29,7 +29,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _load_newest_checkpoint
 
-from raykd.common.errors import ConfigError
+from raykd.common.errors import ConfigError, reason_line
 from raykd.common.files import write_text_atomic
 from raykd.config.trial import MlflowRef, TrialConfig, save_trial_config
 from raykd.data.kinds import data_source
@@ -432,7 +432,7 @@ def _trial_row(space: SearchSpace, result) -> dict[str, Any]:
     method = trial_method(space, result.config).name if result.config else "?"
     return {"trial_id": trial_id, "epoch": m.get("epoch"),
             "score": m.get(space.metric, float("nan")), "method": method,
-            "error": str(result.error).strip().splitlines()[-1][:200] if result.error else None}
+            "error": reason_line(str(result.error), 200) if result.error else None}
 
 
 def _ranked(space, grid, epochs) -> list:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raykd.common.errors import reason_line
 from raykd.search.naming import trial_run_name
 from raykd.search.references import reference_of
 from raykd.search.timeline import Timeline
@@ -130,5 +131,4 @@ def failure_reason(trial) -> str:
     for marker in ("raykd.common.errors.Diverged:", "Diverged:"):
         if marker in text:
             return text.split(marker, 1)[1].strip().splitlines()[0][:250]
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else "unknown error")[:250]
+    return reason_line(text) or "unknown error"

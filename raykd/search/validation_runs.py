@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from raykd.common.errors import reason_line
 from raykd.common.files import write_json_atomic
 from raykd.config.run import RunSpec
 from raykd.config.trial import MlflowRef, TrialConfig
@@ -212,7 +213,7 @@ def _copy_student(run_dir: Path, out: Path) -> Path:
 
 
 def _error(result) -> str | None:
-    return str(result.error).strip().splitlines()[-1][:200] if result.error else None
+    return reason_line(str(result.error), 200) if result.error else None
 
 
 def _log_summary(tracker: Tracker, parent: str, summary: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from raykd.common.errors import Diverged
+from raykd.common.errors import Diverged, reason_line
 from raykd.common.files import write_json_atomic
 from raykd.tracking.store import FAILURE_TAG, Tracker
 
@@ -39,9 +39,8 @@ class RunStatus(StrEnum):
 
 
 def failure_reason(err: BaseException) -> str:
-    """The last line of an error's message (a Ray error ends with the original one), at most 250 chars."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:250]
+    """The line of an error's message that says why (``reason_line``), else the error's type."""
+    return reason_line(str(err)) or type(err).__name__
 
 
 class TrackedRun:
