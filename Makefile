@@ -11,16 +11,20 @@ STAMP := $(VENV)/.raykd-installed
 BUILD_PINS := torch==2.13.0 setuptools==80.9.0 wheel ninja
 MMCV_CFLAGS = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("CFLAGS"))') -g0
 
-.PHONY: install demo test test-fast lint bench check-kd-row publish-teachers clean
+.PHONY: install demo test test-fast lint bench check-kd-row publish-teachers constraints clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q $(BUILD_PINS)
-	$(BIN)/python -c "import mmcv.ops" 2>/dev/null || CFLAGS="$(MMCV_CFLAGS)" MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation mmcv==2.1.0
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt $(BUILD_PINS)
+	$(BIN)/python -c "import mmcv.ops" 2>/dev/null || CFLAGS="$(MMCV_CFLAGS)" MMCV_WITH_OPS=1 $(BIN)/pip install -c constraints.txt --no-build-isolation mmcv==2.1.0
+	$(BIN)/pip install -q -c constraints.txt --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
+
+# Re-pin constraints.txt to what .venv holds now (after a deliberate upgrade, then re-measure).
+constraints: install
+	@{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.new && mv constraints.new constraints.txt
 
 demo: install
 	$(BIN)/python -m raykd.tune search_spaces/demo.yaml
