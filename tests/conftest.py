@@ -190,8 +190,8 @@ def ray_cluster():
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
                  runtime_env=runtime_env())
     ensure_ray()
-    # CLI subprocesses join this cluster: with two Ray instances on one machine, Train's
-    # placement-group cleaner cannot tell which to use, and a trial ASHA stops never frees its CPUs.
+    # CLI subprocesses join this cluster, as a user's second command joins a running search's: two
+    # Ray instances would each count the machine's two cores as their own.
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield
     os.environ.pop("RAY_ADDRESS", None)

@@ -131,3 +131,15 @@ def test_ray_train_settings_default_and_the_users_value_wins(monkeypatch):
     assert train_env() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # e.g. on a cluster of spot nodes
     assert train_env()["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+
+
+def test_raykd_jobs_tell_their_runs_who_removes_dead_controllers_placement_groups(monkeypatch):
+    """The driver, unless it is a Ray Client one (no GCS table there) or the user asks for Ray's cleaner."""
+    from raykd.train.cluster import runtime_env
+    from raykd.train.placement_groups import SWEEP_ENV
+
+    monkeypatch.delenv(SWEEP_ENV, raising=False)
+    assert runtime_env()["env_vars"][SWEEP_ENV] == "driver"
+    assert runtime_env(client=True)["env_vars"][SWEEP_ENV] == "ray"
+    monkeypatch.setenv(SWEEP_ENV, "ray")
+    assert runtime_env()["env_vars"][SWEEP_ENV] == "ray"

@@ -78,12 +78,12 @@ def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
     # That the AP covers every val image exactly once, whatever the worker count, is checked without
     # Ray by test_two_workers_evaluate_every_val_image_once.
     assert result.checkpoint is not None and Path(result.checkpoint.path).exists()
-    # raykd's runs start no preemption watcher and no Ray Data manager (two processes less per run:
-    # raykd.train.cluster, raykd.train.launch.RaykdTrainer)
+    # raykd's runs start no preemption watcher, no Ray Data manager and no placement-group cleaner (three
+    # processes less per run: raykd.train.cluster, raykd.train.launch.RaykdTrainer, raykd.train.placement_groups)
     from ray.util.state import list_actors
 
     started = {a.class_name for a in list_actors(limit=10_000)}
-    assert "RayTrainWorker" in started and not started & {"PreemptionWatcher", "DatasetManager"}
+    assert "RayTrainWorker" in started and not started & {"PreemptionWatcher", "DatasetManager", "PlacementGroupCleaner"}
 
 
 @pytest.mark.parametrize("workers, distributed", [(1, False), (2, True)])
@@ -97,6 +97,24 @@ def test_only_a_run_of_several_workers_sets_up_torch_distributed(exp, tmp_path, 
     trainer = build_trainer(spec_for(exp, workers), f"w{workers}", tmp_path)
     for config in (trainer.backend_config, trainer.train_run_context.backend_config):
         assert isinstance(config, TorchConfig) is distributed, type(config)
+
+
+@pytest.mark.parametrize(("sweep", "cleaner"), [("driver", False), ("ray", True), (None, True)])
+def test_a_run_starts_rays_placement_group_cleaner_only_where_its_driver_does_not_sweep(
+        exp, tmp_path, monkeypatch, sweep, cleaner):
+    """raykd's drivers remove dead controllers' placement groups themselves (raykd.train.placement_groups)
+    and tell their runs so; a run launched without that word keeps Ray Train's cleaner."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from raykd.train.launch import build_trainer
+    from raykd.train.placement_groups import SWEEP_ENV
+
+    if sweep is None:
+        monkeypatch.delenv(SWEEP_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SWEEP_ENV, sweep)
+    callbacks = build_trainer(spec_for(exp, 1), "w1", tmp_path)._create_default_callbacks()
+    assert any(isinstance(c, PlacementGroupCleanerCallback) for c in callbacks) is cleaner
 
 
 def _evaluate_shard(rank, world, init_file, shards, out_dir):

@@ -24,6 +24,7 @@ from ray._private.services import find_bootstrap_address, find_gcs_addresses
 from raykd.common.errors import ConfigError
 from raykd.config.experiment import Resources
 from raykd.train import worker_env
+from raykd.train.placement_groups import SWEEP_ENV, ray_cleans_up
 from raykd.train.ray_console import raykd_line, route_ray_output
 
 GCS_TIMEOUT_S = 2.0  # a live GCS accepts a connection at once; a dead one refuses or never answers
@@ -67,7 +68,7 @@ def check_address(address: str, key: str) -> None:
         raise ConfigError(key, "", f"no Ray cluster answers at {address} (is it running? `ray status --address {address}`)")
 
 
-def _init_args(quiet: bool, progress: bool = False, log: Path | None = None) -> dict[str, Any]:
+def _init_args(quiet: bool, progress: bool = False, log: Path | None = None, client: bool = False) -> dict[str, Any]:
     """``ray.init`` arguments for what reaches this terminal. Quiet: only Ray's own errors reach it;
     the workers' logs (Ray's Train controllers and workers log every step of their life at INFO) are
     forwarded only where there is somewhere to put them: a ``log`` file (``raykd.train.ray_console``
@@ -75,7 +76,7 @@ def _init_args(quiet: bool, progress: bool = False, log: Path | None = None) -> 
     a single run's, or a search's teachers while they train). What a user needs from a search's
     trials (reports, a failed trial's reason) reaches the driver through Tune."""
     return {"log_to_driver": not quiet or progress or log is not None,
-            "logging_level": logging.ERROR if quiet else logging.INFO, "runtime_env": runtime_env()}
+            "logging_level": logging.ERROR if quiet else logging.INFO, "runtime_env": runtime_env(client)}
 
 
 def set_console(quiet: bool, log: Path | None, progress: bool = False) -> None:
@@ -101,9 +102,12 @@ TRAIN_POLL_S = "0.5"
 ray.cloudpickle.register_pickle_by_value(worker_env)
 
 
-def runtime_env() -> dict[str, Any]:
-    """The runtime environment of raykd's Ray jobs (``ray.init``)."""
-    return {"env_vars": train_env(), "worker_process_setup_hook": worker_env.know_own_cluster}
+def runtime_env(client: bool = False) -> dict[str, Any]:
+    """The runtime environment of raykd's Ray jobs (``ray.init``). ``client``: a Ray Client driver
+    (``ray://``), which cannot sweep placement groups: its runs keep Ray Train's cleaner, as they do
+    where the user sets ``RAYKD_PLACEMENT_GROUP_SWEEP=ray``."""
+    env = {**train_env(), SWEEP_ENV: "ray" if client or ray_cleans_up() else "driver"}
+    return {"env_vars": env, "worker_process_setup_hook": worker_env.know_own_cluster}
 
 
 # Ray Train starts a preemption watcher actor (one more process) with every run: it polls the GCS for
@@ -124,9 +128,9 @@ def init_ray(address: str | None, quiet: bool = False, log: Path | None = None, 
     """Join ``address`` (or RAY_ADDRESS), else a live Ray instance on this machine, else start one.
     Prints one line saying which. ``quiet``, ``log``, ``progress``: see ``set_console``."""
     set_console(quiet, log, progress)
-    init_args = _init_args(quiet, progress, log)
     key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS") or None
+    init_args = _init_args(quiet, progress, log, client=bool(address) and address.startswith("ray://"))
     if address:
         check_address(address, key)
         _join_authenticated(address, key, init_args)
@@ -139,8 +143,7 @@ def init_ray(address: str | None, quiet: bool = False, log: Path | None = None, 
         why = f" (the one running at {live} refused this user's auth token)"
     print(f"[raykd] starting a new local Ray instance{why}", flush=True)
     # address="local": without it ray.init reads the stale record again and retries it forever.
-    # The dashboard (bound to 127.0.0.1) is needed by Ray's placement-group cleaner to free the
-    # workers of a trial that Tune stopped early.
+    # The dashboard is bound to 127.0.0.1.
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **init_args)
 
 
@@ -150,9 +153,7 @@ def _join_local(address: str, init_args: dict[str, Any]) -> bool:
     ``~/.ray/auth_token``; ``ray.init`` picks that token up only when it finds the instance itself, not
     for an explicit address, so raykd does what Ray does for a found instance first. False: the
     instance refused this user's token (another user's): the caller starts an instance of its own."""
-    # Ray Train's placement-group cleaner auto-detects "the" local cluster; with two it cannot, and
-    # workers of early-stopped trials are never freed. raykd's jobs tell their workers their own
-    # cluster (raykd.train.worker_env), a Ray instance started otherwise does not: joining stays the default.
+    # Two Ray instances on one machine share its cores without knowing it; joining stays the default.
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
         ray.init(address=address, **init_args)

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 from ray.train import BackendConfig, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raykd.config.run import RunSpec
@@ -19,6 +20,7 @@ from raykd.train.cluster import check_cluster_fits, init_ray
 from raykd.train.entry import train_worker
 from raykd.train.hooks import TrainHook
 from raykd.train.layout import as_uri, stages_uri
+from raykd.train.placement_groups import driver_sweeps, start_sweeping
 
 
 def ensure_ray(address: str | None = None, quiet: bool = False, log: Path | None = None,
@@ -28,6 +30,7 @@ def ensure_ray(address: str | None = None, quiet: bool = False, log: Path | None
     ``progress``: but the workers' raykd lines reach it (a single run's console)."""
     if not ray.is_initialized():
         init_ray(address, quiet, log, progress)
+    start_sweeping()  # the placement groups of this job's runs whose controller died (raykd.train.placement_groups)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class RunConsole:
 
     def start_ray(self) -> None:
         if ray.is_initialized():
+            start_sweeping()
             return
         ensure_ray(quiet=not self.verbose, log=self.log, progress=True)
         if not self.verbose and self.log is not None:
@@ -62,6 +66,8 @@ class RaykdTrainer(DataParallelTrainer):
       ``BackendConfig`` skips both; the worker computes the same numbers.
     - torch in the process that launches a one-worker run: ``TorchTrainer``'s module imports it, and a
       search's trial actor, which only launches its trial's run, would pay ~1.2 s of CPU for it.
+    - its ``PlacementGroupCleaner`` (one more process per run) where the launching driver removes the
+      placement groups of dead controllers itself (``raykd.train.placement_groups``).
 
     Ray is pinned: the tests assert that no such actor starts and which backend a run gets."""
 
@@ -85,10 +91,10 @@ class RaykdTrainer(DataParallelTrainer):
         return LocalTorchController(experiment_name=self.run_config.name, datasets=self.datasets)
 
     def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+        dropped = () if self.datasets else (DatasetsCallback,)
+        if driver_sweeps():
+            dropped += (PlacementGroupCleanerCallback,)
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, dropped)]
 
 
 def build_trainer(
