@@ -43,11 +43,9 @@ class RunConsole:
     verbose: bool = True
 
     def start_ray(self) -> None:
-        if ray.is_initialized():
-            start_sweeping()
-            return
+        connected_before = ray.is_initialized()
         ensure_ray(quiet=not self.verbose, log=self.log, progress=True)
-        if not self.verbose and self.log is not None:
+        if not connected_before and not self.verbose and self.log is not None:
             print(f"[raykd] Ray's own output (Train controller and worker logs, warnings) goes to {self.log}; "
                   "--verbose shows it here", flush=True)
 

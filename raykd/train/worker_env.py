@@ -12,7 +12,8 @@ def know_own_cluster() -> None:
     """RAY_ADDRESS = the GCS of the cluster this process belongs to.
 
     Ray Train starts a detached ``PlacementGroupCleaner`` actor with every run whose driver does not
-    sweep placement groups itself (a Ray Client driver: ``raykd.train.placement_groups``); once a second it asks
+    remove dead controllers' placement groups itself (a Ray Client driver, or one told
+    ``RAYKD_PLACEMENT_GROUP_SWEEP=ray``: ``raykd.train.placement_groups``); once a second it asks
     Ray's State API whether the run's controller still lives, and the State API, given no address,
     guesses "the" local cluster: the address the last ``ray start`` recorded in /tmp/ray (which stays
     behind when that cluster dies), else the one gcs_server process running here. A stale record sends
