@@ -25,7 +25,7 @@ import ray
 
 logger = logging.getLogger(__name__)
 
-# Set in the environment of a job's Ray processes (raykd.train.cluster.train_env) and of its driver:
+# Set in the environment of a job's Ray processes (raykd.train.cluster.runtime_env) and of its driver:
 # "driver" when the driver sweeps, so the runs it (or its trial actors) launch start no cleaner of their own.
 SWEEP_ENV = "RAYKD_PLACEMENT_GROUP_SWEEP"
 SWEEP_EVERY_S = 1.0  # as often as Ray Train's cleaner checks its controller
@@ -90,7 +90,7 @@ def _sweep_while_connected() -> None:
 
 def start_sweeping() -> None:
     """Sweep this driver's job once a second from now until the process ends (idempotent). Not in a
-    Ray Client driver: its runs keep Ray Train's own cleaner."""
+    Ray Client driver, nor where ``RAYKD_PLACEMENT_GROUP_SWEEP=ray``: their runs keep Ray Train's cleaner."""
     global _sweeper
     if ray.util.client.ray.is_connected():
         os.environ[SWEEP_ENV] = "ray"  # no GCS table in this process: its runs keep Ray Train's cleaner
