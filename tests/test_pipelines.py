@@ -1,6 +1,8 @@
 """Data pipelines from the student's mmdet config (or the experiment), and DataLoader processes."""
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from cocoset import coco_experiment, tiny_coco
 
@@ -100,6 +102,25 @@ def test_loader_with_worker_processes(sets):
     assert loader.num_workers == 2 and loader.persistent_workers
     batches = [len(b["inputs"]) for b in loader]
     assert batches == [2] * (len(data.train) // 2)
+
+
+def flips(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return sorted((int(s.img_id), bool(s.flip)) for batch in loader for s in batch["data_samples"])
+
+
+def test_loader_processes_seed_each_sample_from_seed_epoch_and_index(sets):
+    """With loader processes a sample's random transforms (here the config pipeline's RandomFlip) depend
+    on (seed, epoch, image) only: a fresh loader with two processes (a resumed run's) loads epoch 2 as
+    one process did after serving epochs 0 and 1, and the training process's own streams are untouched."""
+    train = build_datasets(coco_exp(sets)).train
+    ongoing = build_loader(train, 2, True, 0, 1, 0, workers=1)
+    torch_before, numpy_before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    seen = [flips(ongoing, epoch) for epoch in range(3)]
+    assert torch.equal(torch.get_rng_state(), torch_before) and np.array_equal(np.random.get_state()[1], numpy_before)
+    assert flips(build_loader(train, 2, True, 0, 1, 0, workers=2), 2) == seen[2]
+    assert len({tuple(seen_epoch) for seen_epoch in seen}) > 1  # epochs do flip differently
+    assert any(flipped for _, flipped in seen[0]) and not all(flipped for _, flipped in seen[0])
 
 
 @pytest.mark.parametrize(("images", "batch", "workers"), [(32, 4, 1), (33, 4, 1), (35, 8, 2), (7, 4, 4), (800, 8, 2)])

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY
+from faults import CrashOnce
 
 from raykd.config import MethodSpec, RunSpec
 from raykd.config.experiment import Resources, Schedule
@@ -29,11 +30,11 @@ def spec_for(exp, workers, method="feature", epochs=3, seed=0, **params):
     )
 
 
-def check_history(history, epochs):
+def check_history(history, epochs, kd_loss="loss_kd_feat"):
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     for h in history:
         assert set(METRIC_NAMES) <= set(h) and all(0 <= h[k] <= 1 or h[k] == -1 for k in METRIC_NAMES)
-        assert torch.isfinite(torch.tensor(h["loss"])) and "loss_kd_feat" in h
+        assert torch.isfinite(torch.tensor(h["loss"])) and kd_loss in h
     assert history[-1]["loss"] < history[0]["loss"]
 
 
@@ -70,11 +71,9 @@ def test_warmup_steps_are_timed_once_with_the_stage_first_epoch(exp, tmp_path):
     assert history[0]["warmup_time"] > 0 and history[1]["warmup_time"] == 0.0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
-    result = run_training(spec_for(exp, workers), f"w{workers}", tmp_path)
-    history = result.return_value["history"]
-    check_history(history, 3)
+def test_one_ray_worker_trains_and_evaluates(exp, tmp_path, ray_cluster):
+    result = run_training(spec_for(exp, 1), "w1", tmp_path)
+    check_history(result.return_value["history"], 3)
     # That the AP covers every val image exactly once, whatever the worker count, is checked without
     # Ray by test_two_workers_evaluate_every_val_image_once.
     assert result.checkpoint is not None and Path(result.checkpoint.path).exists()
@@ -84,6 +83,40 @@ def test_ray_workers_train_and_evaluate(exp, tmp_path, ray_cluster, workers):
 
     started = {a.class_name for a in list_actors(limit=10_000)}
     assert "RayTrainWorker" in started and not started & {"PreemptionWatcher", "DatasetManager", "PlacementGroupCleaner"}
+
+
+@pytest.fixture(scope="module")
+def two_worker_runs(exp, tmp_path_factory, ray_cluster):
+    """Two ranks with a loader process each, ICD (its fake instances drawn from torch's stream, the
+    flips in the loader processes): a plain run, and the same run whose rank 0 process dies in epoch 2,
+    once (Ray Train restarts the group from the epoch-1 checkpoint)."""
+    tmp = tmp_path_factory.mktemp("two-workers")
+    spec = spec_for(exp, 2, method="icd", hidden_dim=16, num_heads=2, warmup_iters=4)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"data_workers": 1})})
+    plain = run_training(spec, "plain", tmp)
+    marker = tmp / "crashed"
+    resumed = run_training(spec, "resumed", tmp, max_failures=1, train_hooks=[CrashOnce(12, str(marker))])
+    assert marker.exists(), "the worker was never killed"
+    return plain, resumed
+
+
+def test_two_ray_workers_train_and_evaluate(two_worker_runs):
+    plain, _ = two_worker_runs
+    check_history(plain.return_value["history"], 3, kd_loss="loss_kd_icd")
+    assert plain.checkpoint is not None and Path(plain.checkpoint.path).exists()
+
+
+def test_a_run_that_loses_a_worker_ends_as_if_it_had_not(two_worker_runs):
+    """Every epoch's losses and scores and the final student of the restarted run are those of the
+    run that was never interrupted, to the bit (the checkpoint restores every rank's random streams)."""
+    plain, resumed = two_worker_runs
+
+    def epochs(result):
+        return [{k: v for k, v in h.items() if k.startswith(("loss", "bbox_mAP"))} for h in result.return_value["history"]]
+
+    assert epochs(resumed) == epochs(plain) and len(epochs(plain)) == 3
+    weights = [torch.load(Path(r.checkpoint.path) / STUDENT_FILE, map_location="cpu", weights_only=True) for r in (plain, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 @pytest.mark.parametrize("workers, distributed", [(1, False), (2, True)])

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from faults import CrashOnce, NanLossOnce
@@ -13,6 +15,7 @@ from torch import nn
 
 from raykd.common.errors import Diverged
 from raykd.config.experiment import Optim
+from raykd.train import rng
 from raykd.train.checkpoint import load_checkpoint, save_checkpoint, train_state
 from raykd.train.divergence import check_loss
 from raykd.train.hooks import TrainHook
@@ -199,21 +202,31 @@ def test_divergence_message_is_todays():
     assert str(err.value) == "loss diverged (1.234e+04) at iteration 7 of stage 2/3 mgd"
 
 
+def random_draws():
+    return random.random(), float(np.random.normal()), torch.rand(3).tolist()
+
+
 @pytest.mark.parametrize("stage_done", [False, True])
 def test_checkpoint_round_trip(tmp_path, stage_done):
     student, distiller = models()
     wrapper = OptimWrapper.build(student, distiller, OPTIM)
     wrapper_steps(wrapper, student, distiller, batches(2), [0.5, 1.0])
     history = [{"epoch": 1, "bbox_mAP": 0.25}]
+    np.random.normal()  # NumPy's stream now holds a cached Gaussian, which its state must keep too
+    streams = rng.capture_all_ranks(torch.device("cpu"))
+    next_draws = random_draws()
     state = train_state(stage=1, epoch_in_stage=2, global_epoch=5, iteration=16, stage_done=stage_done,
-                        distiller=distiller, optimizers=wrapper.state_dict(), history=history)
+                        distiller=distiller, optimizers=wrapper.state_dict(), history=history, rng=streams)
     save_checkpoint(tmp_path, student, state)
 
-    fresh = models(seed=9)[0]
+    fresh = models(seed=9)[0]  # reseeds torch; the other streams move on
+    random.seed(9), np.random.seed(9)
     loaded = load_checkpoint(tmp_path, fresh, "cpu")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), student.state_dict().values(), strict=True))
     assert set(loaded) == {"stage", "epoch_in_stage", "global_epoch", "iteration", "stage_done", "distiller",
-                           "optimizers", "history"}
+                           "optimizers", "history", "rng"}
+    rng.restore(loaded["rng"][0], torch.device("cpu"))  # the draws the run would have made next
+    assert random_draws() == next_draws
     assert loaded["stage"] == (2 if stage_done else 1)  # a finished stage resumes at the next one
     assert (loaded["epoch_in_stage"], loaded["global_epoch"], loaded["iteration"]) == (2, 5, 16)
     assert loaded["history"] == history and loaded["stage_done"] is stage_done

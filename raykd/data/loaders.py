@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from raykd.config.experiment import Experiment, Resources
 from raykd.data.classes import ClassMap, annotation_categories, file_class_map, split_map
 from raykd.data.kinds import data_source
+from raykd.data.sample_seeds import EpochTaggedSampler, SeededSamples
 from raykd.data.shapes import shapes_pipeline
 from raykd.data.source import DataPaths, SplitPaths
 from raykd.data.subsets import TRAIN_STREAM, VAL_STREAM, keep_images, subset_size
@@ -106,12 +108,19 @@ def build_dataset(split: SplitPaths, image_scale: tuple[int, int], train: bool, 
 def build_loader(dataset, batch_size: int, train: bool, seed: int, world_size: int, rank: int,
                  workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over this worker's shard; call ``loader.sampler.set_epoch`` each epoch.
-    ``workers`` processes prepare batches (kept alive across epochs); ``pin_memory`` for CUDA."""
+    ``workers`` processes prepare batches (kept alive across epochs), each sample's random transforms
+    seeded by (seed, epoch, index) and the processes' own seeds drawn from a generator of the loader's
+    (``raykd.data.sample_seeds``): the run's streams are untouched, an epoch loads the same whether or
+    not the run was resumed. ``pin_memory`` for CUDA."""
     from mmengine.dataset import pseudo_collate
 
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    sampler_cls, generator = DistributedSampler, None
+    if workers > 0:
+        dataset, sampler_cls = SeededSamples(dataset, seed), EpochTaggedSampler
+        generator = torch.Generator().manual_seed(seed)
+    sampler = sampler_cls(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=pseudo_collate, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=pin_memory)
+                      persistent_workers=workers > 0, pin_memory=pin_memory, generator=generator)
 
 
 @dataclass(frozen=True)

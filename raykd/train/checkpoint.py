@@ -24,9 +24,10 @@ def train_state(
     distiller: nn.Module,
     optimizers: dict[str, Any],
     history: list[dict[str, Any]],
+    rng: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What ``TRAIN_STATE_FILE`` holds after an epoch of stage ``stage`` (0-based); ``optimizers``:
-    ``OptimWrapper.state_dict()``."""
+    ``OptimWrapper.state_dict()``; ``rng``: every rank's random streams (``raykd.train.rng``)."""
     return {
         "stage": stage,
         "epoch_in_stage": epoch_in_stage,
@@ -36,6 +37,7 @@ def train_state(
         "distiller": distiller.state_dict(),
         "optimizers": optimizers,
         "history": history,
+        "rng": rng,
     }
 
 

@@ -4,7 +4,7 @@
 from pathlib import Path
 
 STUDENT_FILE = "student.pth"  # the student's state_dict: the deliverable of a run
-TRAIN_STATE_FILE = "state.pth"  # optimizers + loss scaler, distiller modules, stage/epoch/iteration, history: what a resume needs
+TRAIN_STATE_FILE = "state.pth"  # optimizers + loss scaler, distiller modules, stage/epoch/iteration, history, every rank's random streams: what a resume needs
 TIMELINE_PREFIX = "timeline."  # report keys of a worker's phase timestamps (raykd/search/timeline.py)
 STAGES_DIR = "stages"  # a multi-stage run's students at the end of each stage (raykd/train/stage_checkpoints.py)
 

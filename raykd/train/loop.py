@@ -30,6 +30,7 @@ from raykd.distill.base import StageStart, get_distiller
 from raykd.eval.coco import coco_metrics, detections_to_coco, gather_detections, load_gt
 from raykd.models.builder import build_detector, freeze, load_weights, quiet_mmengine
 from raykd.models.cost import run_cost
+from raykd.train import rng
 from raykd.train.checkpoint import load_checkpoint, save_checkpoint, train_state
 from raykd.train.collectives import from_rank0, is_distributed
 from raykd.train.divergence import check_loss
@@ -225,6 +226,7 @@ class Worker:
             distiller.load_state_dict(resume["distiller"])
             optim.load_state_dict(resume["optimizers"])
             it, epoch = resume["iteration"], resume["epoch_in_stage"]
+            self._restore_streams(resume.get("rng"))
         label = f"stage {stage_idx + 1}/{len(self.stages)} {stage.method.name}"
         self.marks.setdefault("first_step", time.time())
         while it < total:
@@ -248,13 +250,24 @@ class Worker:
                 print_event(f"{label} epoch {epoch}/{epochs} done: AP {metrics['bbox_mAP']:.3f} AP50 {metrics['bbox_mAP_50']:.3f} "
                     f"loss {metrics.get('loss', float('nan')):.4f} (train {train_time:.0f} s, eval {metrics['eval_time']:.0f} s)")
             self.history.append(metrics)
+            streams = rng.capture_all_ranks(self.device)  # a collective: every rank, every epoch
             state = None
             if self.rank == 0:
                 state = train_state(stage=stage_idx, epoch_in_stage=epoch, global_epoch=global_epoch, iteration=it,
                                     stage_done=done, distiller=distiller, optimizers=optim.state_dict(),
-                                    history=self.history)
+                                    history=self.history, rng=streams)
             self._report(metrics, stage_idx, state)
         return global_epoch
+
+    def _restore_streams(self, streams: list[dict] | None) -> None:
+        """Every rank's random streams as the checkpoint left them, so the rest of the run draws what
+        it would have drawn without the interruption. A checkpoint without them for this many ranks
+        (written by an older raykd, or by another worker count) resumes on the fresh streams, and says so."""
+        if streams is not None and len(streams) == self.world:
+            rng.restore(streams[self.rank], self.device)
+        elif self.rank == 0:
+            print_event("the checkpoint holds no random streams for this worker count: the run goes on with "
+                        "fresh ones, so its remaining epochs will not match an uninterrupted run's")
 
     def _train_epoch(self, model: nn.Module, optim: OptimWrapper, it: int, total: int, label: str,
                      epoch_text: str) -> tuple[int, dict[str, float], float]:
