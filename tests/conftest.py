@@ -96,8 +96,11 @@ def head_pairs(tiny_exp, student, teachers):
 
 # Test modules that start Ray clusters, searches or the CLIs end to end: `make test-fast` leaves them
 # out (`-m "not e2e"`) so a change to a loss or a schema is checked in minutes; `make test` runs all.
-E2E_MODULES = {"test_cluster", "test_final", "test_order_search", "test_pareto", "test_ray_lifecycle",
-               "test_reliability", "test_run_console", "test_search", "test_search_console", "test_user_path"}
+# Elsewhere a test is e2e when it uses the session's Ray cluster (or says so with the marker); a CLI
+# refusing bad input before Ray starts is not (tests/test_bad_input.py), nor are the order-search,
+# Pareto and Ray-lifecycle modules' tests of their logic (`make test` runs them beside the e2e tests).
+E2E_MODULES = {"test_cluster", "test_final", "test_reliability", "test_run_console", "test_search",
+               "test_search_console", "test_user_path"}
 
 
 def pytest_collection_modifyitems(items):

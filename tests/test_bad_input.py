@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from cocoset import coco_experiment, tiny_coco, write
+from conftest import TESTS
 
 from raykd.models.builder import PRETRAINED_ENV
 
@@ -85,6 +86,38 @@ def test_space_yaml_that_is_not_utf8(tmp_path):
     path.write_bytes(b"experiment: tiny.yaml\nmethod: " + NOT_UTF8 + b"\n")
     line = run_cli([path], tmp_path, module="raykd.tune")
     assert line.startswith(f"error: {path}: ") and "not UTF-8" in line
+
+
+BAD_SPACES = {
+    "unknown method": ({"method": "magic"}, "method"),
+    "unknown key": ({"sampler": "tpe"}, "sampler"),
+    "bad bounds": ({"params": {"feature": {"lambda": {"type": "loguniform", "low": 5, "high": 1}}}}, "params.feature.lambda"),
+    "zero low for loguniform": ({"params": {"feature": {"lambda": {"type": "loguniform", "low": 0, "high": 1}}}}, "params.feature.lambda"),
+    "order longer than pool": ({"method": "mtpd", "params": {"mtpd": {"order": {"type": "order", "k": 3}}}}, "params.mtpd.order.k"),
+    "unknown param of a method": ({"params": {"feature": {"lamda": {"type": "uniform", "low": 0, "high": 1}}}}, "params.feature.lamda"),
+    "unknown distribution": ({"params": {"feature": {"lambda": {"type": "gaussian"}}}}, "params.feature.lambda"),
+    "bad sampler": ({"search": {"sampler": "bayes"}}, "search.sampler"),
+    "missing experiment": ({"experiment": "nowhere.yaml"}, "experiment"),
+    "metric typo": ({"metric": "bbox_map"}, "metric"),
+    "heads never divide": ({"method": "icd", "params": {"icd": {"hidden_dim": {"type": "choice", "values": [30]}, "num_heads": {"type": "choice", "values": [4], "divides": "hidden_dim"}}}}, "params.icd.num_heads.divides"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SPACES))
+def test_malformed_space(tmp_path, name):
+    change, key = BAD_SPACES[name]
+    data = {"experiment": str(TESTS / "data" / "tiny.yaml"), "method": "feature"}
+    data.update(change)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    line = run_cli([path], tmp_path, module="raykd.tune")
+    assert str(path) in line and key in line, line
+
+
+def test_unusable_tracking_uri(tmp_path):
+    line = run_cli([TESTS / "data" / "faults_space.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/no/such/dir/mlflow.db"],
+                   tmp_path, module="raykd.tune")
+    assert "tracking_uri" in line, line
 
 
 def teacher_from_checkpoint(sets, checkpoint):
