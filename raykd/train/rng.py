@@ -34,7 +34,7 @@ def capture(device: torch.device) -> dict[str, Any]:
 
 
 def restore(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
@@ -53,9 +53,3 @@ def capture_all_ranks(device: torch.device) -> list[dict[str, Any]] | None:
     dist.gather_object(mine, out, dst=0)
     return out
 
-
-def _as_tuples(value: Any) -> Any:
-    """``random.setstate`` wants the tuples ``getstate`` gave; a checkpoint may hand back lists."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(v) for v in value)
-    return value
