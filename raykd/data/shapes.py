@@ -222,7 +222,8 @@ class ShapesSource(DataSource):
         pass  # nothing beyond the schema: the set is generated from it
 
     def default_data_workers(self, cpus_per_worker: float) -> int:
-        # Worker processes draw their seeds from the main random stream: the demo's numbers would move.
+        # Loader processes seed each sample from (seed, epoch, index) (raykd.data.sample_seeds), not from
+        # the run's own streams as in-process loading does: the demo's numbers would move.
         return 0
 
     def label_order_keys_teachers(self, exp: Experiment) -> bool:
