@@ -1,7 +1,9 @@
 """The few collectives the training loop needs; with no process group (one worker, unit tests)
-each is the identity."""
+each is the identity (a gather: the one value in a list)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,15 @@ def from_rank0(value: int, device: torch.device) -> int:
     t = torch.tensor([value], device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+def gather_to_rank0(obj: Any) -> list[Any] | None:
+    """Every rank's picklable ``obj``, in rank order, on rank 0; None on the others."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

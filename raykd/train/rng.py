@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from raykd.train.collectives import is_distributed
+from raykd.train.collectives import gather_to_rank0
 
 
 def capture(device: torch.device) -> dict[str, Any]:
@@ -45,11 +44,4 @@ def restore(state: dict[str, Any], device: torch.device) -> None:
 
 def capture_all_ranks(device: torch.device) -> list[dict[str, Any]] | None:
     """Every rank's streams, in rank order, on rank 0 (None on the others). Called by every rank."""
-    mine = capture(device)
-    if not is_distributed():
-        return [mine]
-    rank = dist.get_rank()
-    out = [None] * dist.get_world_size() if rank == 0 else None
-    dist.gather_object(mine, out, dst=0)
-    return out
-
+    return gather_to_rank0(capture(device))
